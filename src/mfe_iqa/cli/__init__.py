@@ -1,0 +1,1 @@
+"""Hydra entry points: the only place where config, data, model and trainer meet."""

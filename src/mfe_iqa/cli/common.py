@@ -1,0 +1,172 @@
+"""What every Hydra entry point shares: config location, the task wrapper, loggers, callbacks, tables."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mfe_iqa.errors import UserError
+
+log = logging.getLogger("mfe_iqa")
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+CONF_DIR = REPO_ROOT / "conf"
+# conf/paths/default.yaml reads the project root from this variable.
+os.environ.setdefault("MFE_IQA_ROOT", str(REPO_ROOT))
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration the user can fix: the message names the key and the choices."""
+
+
+def _finish_wandb() -> None:
+    """Close the current W&B run so that the next job of a multirun starts its own."""
+    if "wandb" not in sys.modules:
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()
+
+
+def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Run a task: log any exception with the run dir, always close W&B, and report the wall time."""
+
+    @functools.wraps(task)
+    def wrapped(cfg: DictConfig) -> Any:
+        start = time.perf_counter()
+        try:
+            return task(cfg)
+        except UserError:
+            raise  # reported as one paragraph by `exit_on_user_error`
+        except Exception:
+            out = OmegaConf.select(cfg, "paths.output_dir", default="?")
+            log.exception("Task '%s' failed (run dir: %s)", task.__name__, out)
+            raise
+        finally:
+            _finish_wandb()
+            log.info("Task '%s' took %.1f s", task.__name__, time.perf_counter() - start)
+
+    return wrapped
+
+
+def instantiate_callbacks(callbacks_cfg: DictConfig | None) -> list:
+    """Instantiate every callback of the `callbacks` group that has a `_target_` (others are skipped)."""
+    from hydra.utils import instantiate
+
+    if not callbacks_cfg:
+        return []
+    if not isinstance(callbacks_cfg, DictConfig):
+        raise ConfigError("`callbacks` must be a mapping of name -> callback config")
+    return [instantiate(c) for c in callbacks_cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def instantiate_loggers(logger_cfg: DictConfig | None) -> list:
+    """Instantiate every logger of the `logger` group that has a `_target_`."""
+    from hydra.utils import instantiate
+
+    if not logger_cfg:
+        return []
+    if not isinstance(logger_cfg, DictConfig):
+        raise ConfigError("`logger` must be a mapping of name -> logger config")
+    return [instantiate(c) for c in logger_cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def save_resolved_config(cfg: DictConfig, output_dir: str | Path, name: str = "config_resolved.yaml") -> Path:
+    """Write the fully resolved config of a run next to its results."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return path
+
+
+def log_hyperparameters(cfg: DictConfig, loggers: list, extra: Mapping[str, Any] | None = None) -> None:
+    """Send the resolved config (and parameter counts) to every logger."""
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    if extra:
+        hparams.update(extra)
+    for lg in loggers:
+        lg.log_hyperparams(hparams)
+
+
+def print_metrics_table(title: str, rows: Mapping[str, Mapping[str, float]]) -> str:
+    """Print one row per test set (columns: the metrics) with rich; returns the plain-text table too."""
+    from rich.console import Console
+    from rich.table import Table
+
+    columns: list[str] = []
+    for metrics in rows.values():
+        for k in metrics:
+            if k not in columns:
+                columns.append(k)
+    table = Table(title=title)
+    table.add_column("test set")
+    for c in columns:
+        table.add_column(c, justify="right")
+    lines = [" | ".join(["test set", *columns])]
+    for name, metrics in rows.items():
+        cells = [f"{metrics[c]:.4f}" if c in metrics else "-" for c in columns]
+        table.add_row(name, *cells)
+        lines.append(" | ".join([name, *cells]))
+    Console().print(table)
+    return "\n".join(lines)
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write JSON atomically (temp file + rename) so a killed run never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float))
+    tmp.replace(path)
+    return path
+
+
+def configure_runtime(cfg: DictConfig) -> None:
+    """Process-wide settings from `extras`: warnings, float32 matmul precision, CPU threads."""
+    import warnings
+
+    import torch
+
+    extras = cfg.get("extras") or {}
+    if extras.get("ignore_warnings"):
+        warnings.filterwarnings("ignore")
+    if extras.get("matmul_precision"):
+        torch.set_float32_matmul_precision(extras.matmul_precision)
+    threads = extras.get("torch_threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    if extras.get("print_config"):
+        log.info("Config:\n%s", OmegaConf.to_yaml(cfg, resolve=False))
+
+
+def exit_on_user_error(main: Callable[..., Any]) -> Callable[..., Any]:
+    """Inside a Hydra main: print a UserError as one paragraph and exit 2 (single run), instead of a traceback.
+
+    Under a multirun the error is re-raised so the sweeper/launcher records the failed job.
+    """
+
+    @functools.wraps(main)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except UserError as err:
+            from hydra.core.hydra_config import HydraConfig
+            from hydra.types import RunMode
+
+            if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+                raise
+            print(f"Error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapped
