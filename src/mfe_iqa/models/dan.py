@@ -12,10 +12,12 @@ import timm
 import torch
 from torch import nn
 
+from mfe_iqa.errors import UserError
+
 DAN_CKPT_FORMAT = "mfe_iqa.dan/1"
 
 
-class DANCheckpointError(RuntimeError):
+class DANCheckpointError(UserError, RuntimeError):
     """A DAN weight file that does not fit the configured backbone."""
 
 
@@ -80,7 +82,9 @@ class DistortionAwareNetwork(nn.Module):
         """Load a local timm classification weight file (e.g. resnet50 ImageNet) into the feature extractor."""
         p = Path(path)
         if not p.is_file():
-            raise FileNotFoundError(f"model.dan.pretrained_path='{path}' does not exist: give a local timm weight file.")
+            raise FileNotFoundError(
+                f"model.dan.pretrained_path='{path}' does not exist: give a local timm weight file."
+            )
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
 

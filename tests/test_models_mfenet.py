@@ -1,0 +1,195 @@
+"""MFENet and the presets of conf/model: shapes, switches, gradient flow, frozen DAN, bf16, DAN checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from mfe_iqa.models.dan import DistortionAwareNetwork
+from mfe_iqa.models.flops import build_preset, list_presets
+from mfe_iqa.models.mfenet import MFENet, PlainIQANet
+from mfe_iqa.models.outputs import MFENetOutput
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+TINY = {
+    "qen": {"variant": "van_b0", "drop_path_rate": 0.0},
+    "dan": {"backbone": "resnet10t", "num_dist_types": 3},
+    "hfen": {"stem_channels": 4, "channels": [8, 8, 16, 16]},
+    "head": {"hidden_dims": [16]},
+}
+EXPECTED_PRESETS = {"mfenet", "mfenet_tiny", "no_hfen", "no_dan", "add_fusion", "concat_fusion", "plain"}
+
+
+def tiny(**overrides) -> MFENet:
+    torch.manual_seed(0)
+    kwargs = {k: dict(v) for k, v in TINY.items()}
+    for key, value in overrides.items():
+        if key in kwargs:
+            kwargs[key] = {**kwargs[key], **value}
+        else:
+            kwargs[key] = value
+    return MFENet(**kwargs)
+
+
+def test_all_presets_exist() -> None:
+    assert set(list_presets(CONF_DIR)) >= EXPECTED_PRESETS
+
+
+@pytest.mark.parametrize("preset", sorted(EXPECTED_PRESETS))
+def test_preset_output_shapes_224_and_non_square(preset: str) -> None:
+    torch.manual_seed(0)
+    overrides = [] if preset == "plain" else ["dan.num_dist_types=5"]
+    net = build_preset(preset, overrides, CONF_DIR).eval()
+    for h, w in [(224, 224), (256, 320)]:
+        with torch.no_grad():
+            out = net(torch.rand(1, 3, h, w))  # batch of one, eval mode
+        assert isinstance(out, MFENetOutput)
+        assert (
+            out.score.shape == (1,) and out.score.dtype == torch.float32 and torch.isfinite(out.score).all()
+        )
+        if isinstance(net, MFENet) and net.use_hfen:
+            assert out.hf_pred.shape == out.hf_target.shape == (1, 1, h, w)
+        else:
+            assert out.hf_pred is None and out.hf_target is None
+        if isinstance(net, MFENet) and net.use_dan:
+            assert out.dist_logits.shape == (1, 5)
+        else:
+            assert out.dist_logits is None
+
+
+def test_ablation_presets_switch_what_they_name() -> None:
+    nets = {
+        name: build_preset(name, conf_dir=CONF_DIR)
+        for name in ("no_hfen", "no_dan", "add_fusion", "concat_fusion")
+    }
+    assert nets["no_hfen"].hfen is None and nets["no_hfen"].dan is not None
+    assert nets["no_dan"].dan is None and nets["no_dan"].hfen is not None
+    assert {type(m).__name__ for m in nets["add_fusion"].dan_fusions.values()} == {"AddFusion"}
+    assert {type(m).__name__ for m in nets["add_fusion"].hf_fusions.values()} == {"AddFusion"}
+    assert {type(m).__name__ for m in nets["concat_fusion"].dan_fusions.values()} == {"ConcatFusion"}
+    assert nets["no_dan"].qen.variant == "van_b0"  # inherits mfenet_tiny through the defaults list
+    paper = build_preset("mfenet", ["use_hfen=false"], CONF_DIR)
+    assert paper.hfen is None and paper.qen.variant == "van_b2" and paper.dan.backbone_name == "resnet50"
+
+
+def test_num_dist_types_follows_data_config() -> None:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with_data = compose(overrides=["+model=mfenet_tiny", "+data.num_dist_types=25"])
+        without = compose(overrides=["+model=mfenet_tiny"])
+    assert with_data.model.dan.num_dist_types == 25
+    assert without.model.dan.num_dist_types == 0
+    assert without.model.dan.pretrained_ckpt is None
+
+
+@pytest.mark.parametrize("fusion,hf_fusion", [("aff", "ffm"), ("iaff", "concat")])
+def test_gradients_reach_every_trainable_parameter(fusion: str, hf_fusion: str) -> None:
+    net = tiny(fusion=fusion, hf_fusion=hf_fusion).train()
+    with torch.no_grad():  # timm zero-initializes the last BN of each residual block, which blocks the
+        for m in net.modules():  # gradient of the convs before it at step 0; give those BNs unit scale
+            if isinstance(m, torch.nn.BatchNorm2d) and not m.weight.any():
+                m.weight.fill_(1.0)
+    out = net(torch.rand(2, 3, 48, 48))
+    loss = out.score.sum() + (out.hf_pred - out.hf_target).pow(2).mean() + out.dist_logits.logsumexp(1).sum()
+    loss.backward()
+    no_grad = [
+        n
+        for n, p in net.named_parameters()
+        if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)
+    ]
+    assert no_grad == []
+
+
+def test_frozen_dan_gets_no_gradient_and_keeps_statistics() -> None:
+    net = tiny(dan={"freeze": True}).train()
+    bn_before = {k: v.clone() for k, v in net.dan.backbone.state_dict().items() if "running" in k}
+    out = net(torch.rand(2, 3, 48, 48))
+    (out.score.sum() + out.dist_logits.sum() + out.hf_pred.mean()).backward()
+    assert all(p.grad is None for p in net.dan.backbone.parameters())
+    assert net.dan.dist_head.weight.grad is not None  # the distortion head still learns
+    assert net.dan_projs["0"].proj[0].weight.grad is not None
+    assert net.qen.patch_embed1.proj.weight.grad is not None
+    for k, v in net.dan.backbone.state_dict().items():
+        if k in bn_before:
+            assert torch.equal(v, bn_before[k]), k
+    groups = net.parameter_groups()
+    frozen = {id(p) for p in net.dan.backbone.parameters()}
+    assert not frozen & {id(p) for g in groups.values() for p in g}
+
+
+def test_parameter_groups_partition_trainable_parameters() -> None:
+    net = tiny()
+    groups = net.parameter_groups()
+    backbone, head = {id(p) for p in groups["backbone"]}, {id(p) for p in groups["head"]}
+    assert not backbone & head
+    assert backbone | head == {id(p) for p in net.parameters() if p.requires_grad}
+    assert {id(p) for p in net.qen.parameters()} | {id(p) for p in net.dan.backbone.parameters()} == backbone
+    assert {id(p) for p in net.hfen.parameters()} <= head and id(net.dan.dist_head.weight) in head
+
+
+def test_add_fusion_in_network_equals_sum() -> None:
+    net = tiny(fusion="add", hf_fusion="add").eval()
+    seen = {}
+
+    def hook(module, inputs, output):
+        seen["x"], seen["y"], seen["z"] = inputs[0], inputs[1], output
+
+    net.dan_fusions["1"].register_forward_hook(hook)
+    with torch.no_grad():
+        net(torch.rand(1, 3, 64, 80))
+    assert seen["x"].shape == seen["y"].shape == (1, 64, 8, 10)
+    torch.testing.assert_close(seen["z"], seen["x"] + seen["y"])
+
+
+def test_fuse_stages_subset_and_odd_sizes() -> None:
+    net = tiny(fuse_stages=[2]).eval()
+    assert set(net.dan_fusions) == set(net.hf_fusions) == {"2"}
+    assert len(net.hfen.hf_modules) == 3  # HFEN only goes as deep as the deepest fused stage
+    with torch.no_grad():
+        out = net(torch.rand(2, 3, 67, 45))
+    assert out.score.shape == (2,) and out.hf_pred.shape == (2, 1, 67, 45)
+
+
+def test_bf16_autocast_cpu_close_to_fp32() -> None:
+    net = tiny().eval()
+    x = torch.rand(2, 3, 48, 64)
+    with torch.no_grad():
+        ref = net(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = net(x)
+    for name in ("score", "hf_pred", "dist_logits"):
+        a, b = getattr(ref, name), getattr(low, name).float()
+        assert torch.isfinite(b).all(), name
+        scale = float(a.abs().max()) + 1e-2
+        assert float((a - b).abs().max()) < 0.05 * scale, name
+
+
+def test_bad_options_name_the_key() -> None:
+    with pytest.raises(ValueError, match="qen.*varaint"):
+        MFENet(qen={"varaint": "van_b0"})
+    with pytest.raises(ValueError, match="fusion='sum'"):
+        tiny(fusion="sum")
+    with pytest.raises(ValueError, match="fuse_stages"):
+        tiny(fuse_stages=[4])
+
+
+def test_dan_checkpoint_loads_into_mfenet(tmp_path) -> None:
+    torch.manual_seed(1)
+    pretrained = DistortionAwareNetwork("resnet10t")
+    path = tmp_path / "dan.pt"
+    torch.save(pretrained.export_state(), path)
+    net = tiny(dan={"pretrained_ckpt": str(path)})
+    for k, v in pretrained.backbone.state_dict().items():
+        assert torch.equal(net.dan.backbone.state_dict()[k], v), k
+
+
+def test_plain_baseline() -> None:
+    torch.manual_seed(0)
+    net = PlainIQANet("resnet10t", head={"hidden_dims": [8]}).eval()
+    with torch.no_grad():
+        out = net(torch.rand(1, 3, 64, 80))
+    assert out.score.shape == (1,) and out.hf_pred is None and out.dist_logits is None
+    groups = net.parameter_groups()
+    assert len(groups["backbone"]) + len(groups["head"]) == len(list(net.parameters()))
