@@ -1,0 +1,500 @@
+"""Data for DAN contrastive pre-training: pristine images distorted on the fly into (type, level) classes.
+
+Classes: 0 = pristine, 1 + 5 * type + (level - 1) for the 25 KADID types (0-based) at levels 1..5,
+and, optionally, one instance class per authentic image (126, 127, ...). Every batch comes from
+``ClassBalancedBatchSampler``: each (type, level) class drawn holds at least ``samples_per_class``
+items of different contents, so every anchor has positives of other content (CONTRIQUE's positives).
+
+Each item gives two views (CONTRIQUE): a region of 2c x 2c pixels is cropped at random and distorted at
+native resolution; view 1 is a random c x c crop of it (full scale), view 2 the whole region resized to
+c x c (half scale); each view is flipped horizontally at random. Output is float32 RGB in [0, 1].
+
+Validation: held-out pristine images, every class at a fixed seed, one centre crop each; the system
+measures k-NN accuracy with neighbours restricted to *other* held-out images (unseen content).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mfe_iqa.data.distortions import DISTORTION_NAMES, NUM_LEVELS, apply_distortion
+from mfe_iqa.data.images import IMAGE_SUFFIXES, load_rgb
+from mfe_iqa.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PRISTINE_CLASS = 0
+NUM_TYPES = len(DISTORTION_NAMES)
+NUM_SYNTHETIC_CLASSES = 1 + NUM_TYPES * NUM_LEVELS  # 126: pristine + 25 types x 5 levels
+POOL_PRISTINE, POOL_AUTHENTIC = 0, 1
+
+# One item of a batch: (pool, image index in that pool, class id, seed of its distortion and crops).
+ItemSpec = tuple[int, int, int, int]
+
+
+class PretrainDataError(UserError, ValueError):
+    """Pre-training images or settings the user must fix (missing folder, too few images...)."""
+
+
+def class_index(type_index: int, level: int) -> int:
+    """The class id of KADID type ``type_index`` (0-based) at ``level`` (1..5)."""
+    return 1 + type_index * NUM_LEVELS + (level - 1)
+
+
+def class_type_level(cls: int) -> tuple[int, int]:
+    """(type 0-based, level 1..5) of a synthetic class; (-1, 0) for pristine and authentic classes."""
+    if 1 <= cls < NUM_SYNTHETIC_CLASSES:
+        return (cls - 1) // NUM_LEVELS, (cls - 1) % NUM_LEVELS + 1
+    return -1, 0
+
+
+def resolve_types(types: Sequence[int | str] | None) -> list[int]:
+    """Type indices (0-based) from names or indices; None means all 25."""
+    if types is None:
+        return list(range(NUM_TYPES))
+    out = []
+    for t in types:
+        if isinstance(t, str) and not t.isdigit():
+            if t not in DISTORTION_NAMES:
+                raise PretrainDataError(
+                    f"pretrain_data.types: unknown distortion '{t}'; choose from {DISTORTION_NAMES}"
+                )
+            out.append(DISTORTION_NAMES.index(t))
+        else:
+            i = int(t)
+            if not 0 <= i < NUM_TYPES:
+                raise PretrainDataError(f"pretrain_data.types: index {i} is outside 0..{NUM_TYPES - 1}")
+            out.append(i)
+    return sorted(set(out))
+
+
+def class_list(types: Sequence[int], include_pristine: bool = True) -> list[int]:
+    """The synthetic classes used: pristine (optional) and every level of each type."""
+    classes = [PRISTINE_CLASS] if include_pristine else []
+    return classes + [class_index(t, lv) for t in types for lv in range(1, NUM_LEVELS + 1)]
+
+
+def list_images(folders: Sequence[str | os.PathLike]) -> list[str]:
+    """Every image file under the folders (recursive, sorted), with a clear error for a missing/empty folder."""
+    paths: list[str] = []
+    for folder in folders:
+        root = Path(os.path.expanduser(str(folder)))
+        if not root.is_dir():
+            raise PretrainDataError(
+                f"pre-training image folder '{root}' does not exist: fix pretrain_data.folders."
+            )
+        found = sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise PretrainDataError(
+                f"pre-training image folder '{root}' holds no image ({', '.join(IMAGE_SUFFIXES)})."
+            )
+        paths += found
+    return paths
+
+
+class ClassBalancedBatchSampler(Sampler[list[ItemSpec]]):
+    """Batches of item specs in which every synthetic class drawn has >= ``samples_per_class`` members.
+
+    ``batch_size - authentic_per_batch`` synthetic items are split over ``n // samples_per_class`` distinct
+    classes (the remainder goes to the first classes, so none has fewer); the images of one class are
+    distinct while the pool allows. Authentic items are their own class (their two views are the
+    positives). Batches depend only on (seed, epoch, rank, step): each DDP rank draws its own.
+    """
+
+    def __init__(
+        self,
+        num_images: int,
+        classes: Sequence[int],
+        batch_size: int,
+        samples_per_class: int = 2,
+        steps_per_epoch: int = 100,
+        num_authentic: int = 0,
+        authentic_per_batch: int = 0,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if samples_per_class < 2:
+            raise PretrainDataError(
+                f"samples_per_class must be >= 2 (positives of other content), got {samples_per_class}"
+            )
+        if num_images < 2:
+            raise PretrainDataError(
+                f"pre-training needs >= 2 training images (got {num_images}): add images or folders."
+            )
+        if authentic_per_batch and num_authentic == 0:
+            raise PretrainDataError(
+                "authentic_per_batch > 0 but no authentic image was given (authentic_folders/paths)."
+            )
+        n_syn = batch_size - authentic_per_batch
+        if n_syn < samples_per_class:
+            raise PretrainDataError(
+                f"batch_size {batch_size} minus authentic_per_batch {authentic_per_batch} leaves {n_syn} synthetic "
+                f"items, fewer than samples_per_class={samples_per_class}."
+            )
+        if not classes:
+            raise PretrainDataError(
+                "no synthetic class to draw: give distortion types or include_pristine=true."
+            )
+        self.num_images = int(num_images)
+        self.classes = list(classes)
+        self.batch_size = int(batch_size)
+        self.samples_per_class = int(samples_per_class)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.num_authentic = int(num_authentic)
+        self.authentic_per_batch = int(authentic_per_batch)
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at each epoch start: new draws every epoch."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def batch(self, step: int) -> list[ItemSpec]:
+        """The item specs of batch ``step`` of the current epoch on this rank."""
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, step])
+        n_syn = self.batch_size - self.authentic_per_batch
+        n_classes = min(n_syn // self.samples_per_class, len(self.classes))
+        drawn = rng.choice(len(self.classes), size=n_classes, replace=False)
+        sizes = np.full(n_classes, n_syn // n_classes)
+        sizes[: n_syn % n_classes] += (
+            1  # remainder to the first classes: every class keeps >= samples_per_class
+        )
+        seeds = rng.integers(0, 2**31 - 1, size=self.batch_size)
+        items: list[ItemSpec] = []
+        for ci, size in zip(drawn, sizes):
+            # Repeated permutations: distinct contents first, repeats only when the class outgrows the pool.
+            reps = -(-int(size) // self.num_images)
+            images = np.concatenate([rng.permutation(self.num_images) for _ in range(reps)])[: int(size)]
+            items += [(POOL_PRISTINE, int(i), self.classes[ci], 0) for i in images]
+        if self.authentic_per_batch:
+            auth = rng.choice(
+                self.num_authentic,
+                size=self.authentic_per_batch,
+                replace=self.authentic_per_batch > self.num_authentic,
+            )
+            items += [(POOL_AUTHENTIC, int(i), NUM_SYNTHETIC_CLASSES + int(i), 0) for i in auth]
+        return [(p, i, c, int(s)) for (p, i, c, _), s in zip(items, seeds)]
+
+    def __iter__(self) -> Iterator[list[ItemSpec]]:
+        for step in range(self.steps_per_epoch):
+            yield self.batch(step)
+
+
+class _ImagePool:
+    """Decoded images by path, optionally cached in memory (per worker process)."""
+
+    def __init__(self, paths: Sequence[str], short_side: int | None, min_side: int, cache: bool) -> None:
+        self.paths = list(paths)
+        self.short_side = short_side
+        self.min_side = int(min_side)
+        self.cache = cache
+        self._images: dict[int, np.ndarray] = {}
+
+    def get(self, index: int) -> np.ndarray:
+        if index in self._images:
+            return self._images[index]
+        img = load_rgb(self.paths[index], short_side=self.short_side)
+        h, w = img.shape[:2]
+        if min(h, w) < self.min_side:  # smaller than a crop region: enlarge (cubic) so crops fit
+            s = self.min_side / min(h, w)
+            img = cv2.resize(
+                img, (max(self.min_side, round(w * s)), max(self.min_side, round(h * s))), cv2.INTER_CUBIC
+            )
+        if self.cache:
+            self._images[index] = img
+        return img
+
+
+def _distort(region: np.ndarray, cls: int, rng: np.random.Generator) -> np.ndarray:
+    t, level = class_type_level(cls)
+    return region if t < 0 else apply_distortion(region, t, level, rng)
+
+
+def _to_tensor(img: np.ndarray) -> torch.Tensor:
+    return (
+        torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+    )  # (3, h, w) in [0, 1]
+
+
+class PretrainBatchDataset(Dataset):
+    """Builds a whole training batch from a list of ``ItemSpec`` (used with ``batch_size=None``)."""
+
+    def __init__(
+        self,
+        pristine: Sequence[str],
+        authentic: Sequence[str],
+        crop_size: int,
+        short_side: int | None = None,
+        hflip: bool = True,
+        cache_images: bool = True,
+    ) -> None:
+        self.crop_size = int(crop_size)
+        self.region = 2 * self.crop_size
+        self.hflip = hflip
+        self.pools = (
+            _ImagePool(pristine, short_side, self.region, cache_images),
+            _ImagePool(authentic, short_side, self.region, cache_images),
+        )
+
+    def __len__(self) -> int:
+        return len(self.pools[0].paths)
+
+    def views(self, pool: int, index: int, cls: int, seed: int) -> torch.Tensor:
+        """Two views (2, 3, c, c): a full-scale crop and the half-scale region, of one distorted region."""
+        rng = np.random.default_rng(seed)
+        img = self.pools[pool].get(index)
+        h, w = img.shape[:2]
+        r, c = self.region, self.crop_size
+        y, x = int(rng.integers(0, h - r + 1)), int(rng.integers(0, w - r + 1))
+        region = _distort(img[y : y + r, x : x + r], cls, rng)  # (2c, 2c, 3) uint8
+        vy, vx = int(rng.integers(0, r - c + 1)), int(rng.integers(0, r - c + 1))
+        full = region[vy : vy + c, vx : vx + c]
+        half = cv2.resize(region, (c, c), interpolation=cv2.INTER_AREA)
+        out = []
+        for view in (full, half):
+            if self.hflip and rng.random() < 0.5:
+                view = view[:, ::-1]
+            out.append(_to_tensor(view))
+        return torch.stack(out)
+
+    def __getitem__(self, spec: list[ItemSpec]) -> dict[str, torch.Tensor]:
+        views = torch.stack([self.views(p, i, c, s) for p, i, c, s in spec])  # (B, 2, 3, c, c)
+        tl = [class_type_level(c) for _, _, c, _ in spec]
+        return {
+            "views": views,
+            "label": torch.tensor([c for _, _, c, _ in spec], dtype=torch.int64),
+            "dist_type": torch.tensor([t for t, _ in tl], dtype=torch.int64),
+            "dist_level": torch.tensor([lv for _, lv in tl], dtype=torch.int64),
+            "content": torch.tensor(
+                [i if p == POOL_PRISTINE else -1 - i for p, i, _, _ in spec], dtype=torch.int64
+            ),
+        }
+
+
+class PretrainValDataset(Dataset):
+    """Held-out pristine images x every class, each a fixed-seed distortion of the centre region, centre crop."""
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        classes: Sequence[int],
+        crop_size: int,
+        short_side: int | None = None,
+        seed: int = 0,
+        cache_images: bool = True,
+    ) -> None:
+        self.crop_size = int(crop_size)
+        self.pool = _ImagePool(paths, short_side, 2 * self.crop_size, cache_images)
+        self.items = [(i, c) for i in range(len(paths)) for c in classes]
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        index, cls = self.items[k]
+        img = self.pool.get(index)
+        h, w = img.shape[:2]
+        r, c = 2 * self.crop_size, self.crop_size
+        y, x = (h - r) // 2, (w - r) // 2
+        region = _distort(img[y : y + r, x : x + r], cls, np.random.default_rng([self.seed, index, cls]))
+        t, level = class_type_level(cls)
+        return {
+            "image": _to_tensor(region[c // 2 : c // 2 + c, c // 2 : c // 2 + c]),  # (3, c, c)
+            "label": torch.tensor(cls, dtype=torch.int64),
+            "dist_type": torch.tensor(t, dtype=torch.int64),
+            "dist_level": torch.tensor(level, dtype=torch.int64),
+            "content": torch.tensor(index, dtype=torch.int64),
+        }
+
+
+class PretrainDataModule(L.LightningDataModule):
+    """Pristine images (folders and/or an explicit list; the demo's by default) for DAN pre-training.
+
+    Under DDP set ``trainer.use_distributed_sampler=false`` (conf/pretrain.yaml does): each rank draws its
+    own batches from the sampler, and every rank runs the (small) whole k-NN validation set.
+    """
+
+    def __init__(
+        self,
+        folders: Sequence[str] | None = None,
+        image_paths: Sequence[str] | None = None,
+        authentic_folders: Sequence[str] | None = None,
+        authentic_paths: Sequence[str] | None = None,
+        demo_root: str | None = None,
+        demo: dict[str, Any] | None = None,
+        num_val_images: int = 3,
+        types: Sequence[int | str] | None = None,
+        include_pristine: bool = True,
+        crop_size: int = 64,
+        batch_size: int = 128,
+        samples_per_class: int = 2,
+        authentic_per_batch: int = 0,
+        steps_per_epoch: int = 50,
+        eval_batch_size: int = 128,
+        short_side: int | None = None,
+        hflip: bool = True,
+        cache_images: bool = True,
+        num_workers: int = 0,
+        persistent_workers: bool = False,
+        pin_memory: bool = False,
+        seed: int = 0,
+        output_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.folders = list(folders or [])
+        self.image_paths = [str(p) for p in (image_paths or [])]
+        self.authentic_folders = list(authentic_folders or [])
+        self.authentic_paths_given = [str(p) for p in (authentic_paths or [])]
+        self.demo_root = demo_root
+        self.demo = dict(demo or {})
+        self.num_val_images = int(num_val_images)
+        self.types = resolve_types(list(types) if types is not None else None)
+        self.classes = class_list(self.types, include_pristine)
+        self.crop_size = int(crop_size)
+        self.batch_size = int(batch_size)
+        self.samples_per_class = int(samples_per_class)
+        self.authentic_per_batch = int(authentic_per_batch)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.eval_batch_size = int(eval_batch_size)
+        self.short_side = short_side
+        self.hflip = hflip
+        self.cache_images = cache_images
+        self.num_workers = int(num_workers)
+        self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
+        self.pin_memory = pin_memory
+        self.seed = int(seed)
+        self.output_dir = output_dir
+        self.train_paths: list[str] = []
+        self.val_paths: list[str] = []
+        self.authentic_paths: list[str] = []
+        self.sampler: ClassBalancedBatchSampler | None = None
+
+    def _pristine_pool(self) -> list[str]:
+        paths = list_images(self.folders) if self.folders else []
+        missing = [p for p in self.image_paths if not Path(p).is_file()]
+        if missing:
+            raise PretrainDataError(
+                f"{len(missing)} of the {len(self.image_paths)} files in pretrain_data.image_paths do not exist, "
+                f"e.g. {missing[:3]}: give existing image files."
+            )
+        paths += self.image_paths
+        if not paths:
+            if self.demo_root is None:
+                raise PretrainDataError(
+                    "no pre-training images: set pretrain_data.folders, pretrain_data.image_paths or demo_root."
+                )
+            from mfe_iqa.data.demo import ensure_demo
+
+            paths = list_images([ensure_demo(self.demo_root, **self.demo) / "pristine"])
+        seen: set[str] = set()
+        unique = [p for p in paths if not (p in seen or seen.add(p))]
+        if len(unique) < len(paths):
+            log.info("pre-training: %d duplicate image paths left out", len(paths) - len(unique))
+        return unique
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.sampler is not None:
+            return
+        pool = self._pristine_pool()
+        if len(pool) < self.num_val_images + 2:
+            raise PretrainDataError(
+                f"{len(pool)} pristine images: need num_val_images ({self.num_val_images}) + at least 2 for training."
+            )
+        order = np.random.default_rng(self.seed).permutation(len(pool))
+        self.val_paths = sorted(pool[i] for i in order[: self.num_val_images])
+        self.train_paths = sorted(pool[i] for i in order[self.num_val_images :])
+        self.authentic_paths = (list_images(self.authentic_folders) if self.authentic_folders else []) + list(
+            self.authentic_paths_given
+        )
+        rank, world = 0, 1
+        if self.trainer is not None:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+        self.sampler = ClassBalancedBatchSampler(
+            num_images=len(self.train_paths),
+            classes=self.classes,
+            batch_size=self.batch_size,
+            samples_per_class=self.samples_per_class,
+            steps_per_epoch=self.steps_per_epoch,
+            num_authentic=len(self.authentic_paths),
+            authentic_per_batch=self.authentic_per_batch,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+        )
+        log.info(
+            "DAN pre-training images: %d train, %d held out for k-NN, %d authentic; %d classes",
+            len(self.train_paths),
+            len(self.val_paths),
+            len(self.authentic_paths),
+            len(self.classes) + len(self.authentic_paths),
+        )
+        if self.output_dir and rank == 0:
+            self.write_image_list(Path(self.output_dir) / "pretrain_images.csv")
+
+    @property
+    def used_images(self) -> dict[str, list[str]]:
+        """Exactly which files pre-training uses, by role."""
+        return {
+            "train": list(self.train_paths),
+            "val": list(self.val_paths),
+            "authentic": list(self.authentic_paths),
+        }
+
+    def write_image_list(self, path: Path) -> Path:
+        """``role,path`` for every file used (train / val / authentic), for the record."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["role", "path"])
+            for role, paths in self.used_images.items():
+                w.writerows([role, p] for p in paths)
+        return path
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = PretrainBatchDataset(
+            self.train_paths,
+            self.authentic_paths,
+            self.crop_size,
+            self.short_side,
+            self.hflip,
+            self.cache_images,
+        )
+        return DataLoader(
+            dataset,
+            sampler=self.sampler,
+            batch_size=None,  # the dataset returns whole batches
+            num_workers=self.num_workers,
+            persistent_workers=self.persistent_workers,
+            pin_memory=self.pin_memory,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = PretrainValDataset(
+            self.val_paths, self.classes, self.crop_size, self.short_side, self.seed, self.cache_images
+        )
+        return DataLoader(
+            dataset,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.persistent_workers,
+            pin_memory=self.pin_memory,
+        )

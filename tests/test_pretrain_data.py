@@ -1,0 +1,221 @@
+"""Pre-training data: the class-balanced batch sampler, views, held-out images, image lists and errors."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from mfe_iqa.data.distortions import DISTORTION_NAMES, apply_distortion
+from mfe_iqa.data.pretrain import (
+    NUM_SYNTHETIC_CLASSES,
+    POOL_AUTHENTIC,
+    PRISTINE_CLASS,
+    ClassBalancedBatchSampler,
+    PretrainBatchDataset,
+    PretrainDataError,
+    PretrainDataModule,
+    class_index,
+    class_list,
+    class_type_level,
+    resolve_types,
+)
+
+SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina")
+
+
+def _write_images(folder: Path, names=SOURCES, size=(72, 56)) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in names:
+        img = cv2.resize(getattr(data, name)(), size, interpolation=cv2.INTER_AREA)
+        path = folder / f"{name}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture
+def pristine_folder(tmp_path) -> Path:
+    _write_images(tmp_path / "pristine")
+    return tmp_path / "pristine"
+
+
+def test_class_ids_cover_types_and_levels():
+    assert class_index(0, 1) == 1 and class_index(24, 5) == NUM_SYNTHETIC_CLASSES - 1 == 125
+    ids = [class_index(t, lv) for t in range(25) for lv in range(1, 6)]
+    assert sorted(ids) == list(range(1, 126))
+    assert all(class_type_level(class_index(t, lv)) == (t, lv) for t in range(25) for lv in range(1, 6))
+    assert class_type_level(PRISTINE_CLASS) == (-1, 0) and class_type_level(126) == (-1, 0)
+    assert resolve_types(["jpeg", 0, "24"]) == [0, DISTORTION_NAMES.index("jpeg"), 24]
+    assert len(class_list(range(25))) == 126 and PRISTINE_CLASS not in class_list([3], include_pristine=False)
+
+
+@pytest.mark.parametrize(
+    ("num_images", "batch_size", "m", "n_auth", "auth_per_batch", "classes"),
+    [
+        (9, 64, 2, 0, 0, class_list(range(25))),
+        (5, 33, 3, 0, 0, class_list(range(25))),  # remainder goes to some classes
+        (3, 40, 2, 4, 6, class_list([0, 9])),  # more items than classes: classes grow, never shrink
+        (2, 10, 2, 0, 0, class_list([1])),
+    ],
+)
+def test_batch_sampler_gives_every_anchor_a_positive(
+    num_images, batch_size, m, n_auth, auth_per_batch, classes
+):
+    sampler = ClassBalancedBatchSampler(
+        num_images,
+        classes,
+        batch_size,
+        m,
+        steps_per_epoch=25,
+        num_authentic=n_auth,
+        authentic_per_batch=auth_per_batch,
+    )
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == 25
+        for batch in batches:
+            assert len(batch) == batch_size
+            synthetic = [(i, c) for pool, i, c, _ in batch if pool != POOL_AUTHENTIC]
+            counts = Counter(c for _, c in synthetic)
+            assert min(counts.values()) >= m, counts
+            assert set(counts) <= set(classes)
+            for c in counts:  # positives of other content whenever the pool allows
+                images = [i for i, cc in synthetic if cc == c]
+                assert len(set(images)) == min(len(images), num_images)
+            authentic = [c for pool, _, c, _ in batch if pool == POOL_AUTHENTIC]
+            assert len(authentic) == auth_per_batch and all(c >= NUM_SYNTHETIC_CLASSES for c in authentic)
+            # Two views per item: every anchor's label occurs at least twice among the 2B embeddings.
+            labels = np.repeat([c for _, _, c, _ in batch], 2)
+            label_counts = Counter(labels.tolist())
+            assert all(label_counts[x] >= 2 for x in labels)
+
+
+def test_batch_sampler_is_deterministic_per_epoch_and_rank():
+    def draw(epoch, rank):
+        s = ClassBalancedBatchSampler(
+            9, class_list(range(25)), 32, 2, steps_per_epoch=3, seed=7, rank=rank, world_size=2
+        )
+        s.set_epoch(epoch)
+        return list(s)
+
+    assert draw(0, 0) == draw(0, 0)
+    assert draw(0, 0) != draw(1, 0)
+    assert draw(0, 0) != draw(0, 1)
+
+
+def test_batch_sampler_refuses_impossible_settings():
+    with pytest.raises(PretrainDataError, match="samples_per_class"):
+        ClassBalancedBatchSampler(9, [0, 1], 8, samples_per_class=1)
+    with pytest.raises(PretrainDataError, match=">= 2 training images"):
+        ClassBalancedBatchSampler(1, [0, 1], 8)
+    with pytest.raises(PretrainDataError, match="no authentic image"):
+        ClassBalancedBatchSampler(4, [0, 1], 8, authentic_per_batch=2)
+
+
+def test_views_are_two_scales_of_one_distorted_region(pristine_folder):
+    paths = sorted(str(p) for p in pristine_folder.glob("*.png"))
+    ds = PretrainBatchDataset(paths, [], crop_size=16, hflip=False)
+    cls = class_index(DISTORTION_NAMES.index("white_noise"), 5)
+    spec = [(0, 0, cls, 11), (0, 1, cls, 12), (0, 2, PRISTINE_CLASS, 13)]
+    batch = ds[spec]
+    assert batch["views"].shape == (3, 2, 3, 16, 16) and batch["views"].dtype == torch.float32
+    assert batch["views"].min() >= 0.0 and batch["views"].max() <= 1.0
+    assert batch["label"].tolist() == [cls, cls, PRISTINE_CLASS]
+    assert batch["dist_type"].tolist() == [10, 10, -1] and batch["dist_level"].tolist() == [5, 5, 0]
+    assert batch["content"].tolist() == [0, 1, 2]
+    torch.testing.assert_close(ds[spec]["views"], batch["views"])  # same seeds, same views
+    # Rebuild item 0 by hand: region 32x32 at the seeded position, distorted, then crop and area-resize.
+    rng = np.random.default_rng(11)
+    img = cv2.cvtColor(cv2.imread(paths[0]), cv2.COLOR_BGR2RGB)
+    y, x = int(rng.integers(0, img.shape[0] - 32 + 1)), int(rng.integers(0, img.shape[1] - 32 + 1))
+    region = apply_distortion(img[y : y + 32, x : x + 32], 10, 5, rng)
+    vy, vx = int(rng.integers(0, 17)), int(rng.integers(0, 17))
+    full = torch.from_numpy(region[vy : vy + 16, vx : vx + 16].copy()).permute(2, 0, 1).float() / 255
+    half = (
+        torch.from_numpy(cv2.resize(region, (16, 16), interpolation=cv2.INTER_AREA)).permute(2, 0, 1).float()
+        / 255
+    )
+    torch.testing.assert_close(batch["views"][0, 0], full)
+    torch.testing.assert_close(batch["views"][0, 1], half)
+
+
+def test_datamodule_over_folders_holds_out_images_and_records_them(pristine_folder, tmp_path):
+    dm = PretrainDataModule(
+        folders=[str(pristine_folder)],
+        num_val_images=2,
+        types=["jpeg", "gaussian_blur"],
+        crop_size=16,
+        batch_size=12,
+        steps_per_epoch=2,
+        eval_batch_size=64,
+        output_dir=str(tmp_path / "run"),
+    )
+    dm.setup("fit")
+    used = dm.used_images
+    assert len(used["train"]) == 4 and len(used["val"]) == 2 and not set(used["train"]) & set(used["val"])
+    assert sorted(used["train"] + used["val"]) == sorted(str(p) for p in pristine_folder.glob("*.png"))
+    with open(tmp_path / "run" / "pretrain_images.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["role"], r["path"]) for r in rows) == sorted(
+        [("train", p) for p in used["train"]] + [("val", p) for p in used["val"]]
+    )
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["views"].shape == (12, 2, 3, 16, 16)
+    assert set(batch["label"].tolist()) <= set(dm.classes) and len(dm.classes) == 11
+    val = [b for b in dm.val_dataloader()]
+    labels = torch.cat([b["label"] for b in val])
+    assert len(labels) == 2 * 11 and Counter(labels.tolist()) == Counter(dm.classes * 2)
+    assert val[0]["image"].shape[1:] == (3, 16, 16)
+    second = torch.cat([b["image"] for b in dm.val_dataloader()])
+    torch.testing.assert_close(torch.cat([b["image"] for b in val]), second)  # fixed validation set
+
+
+def test_datamodule_uses_exactly_the_listed_files_and_authentic_instances(tmp_path):
+    paths = _write_images(tmp_path / "a", SOURCES[:4]) + _write_images(tmp_path / "b", SOURCES[4:5])
+    auth = _write_images(tmp_path / "auth", ("coins", "camera"), size=(20, 24))  # smaller than a region
+    dm = PretrainDataModule(
+        image_paths=paths,
+        authentic_paths=auth,
+        authentic_per_batch=2,
+        num_val_images=1,
+        crop_size=16,
+        batch_size=8,
+    )
+    dm.setup()
+    assert sorted(dm.used_images["train"] + dm.used_images["val"]) == sorted(paths)
+    assert dm.used_images["authentic"] == auth
+    batch = next(iter(dm.train_dataloader()))
+    is_auth = batch["label"] >= NUM_SYNTHETIC_CLASSES
+    assert int(is_auth.sum()) == 2 and (batch["content"][is_auth] < 0).all()
+    assert batch["views"].shape == (8, 2, 3, 16, 16)
+
+
+def test_datamodule_defaults_to_the_demo_pristine_images(tmp_path):
+    demo = {"num_refs": 4, "dist_types": ["jpeg"], "levels": [1], "short_side": 48}
+    dm = PretrainDataModule(demo_root=str(tmp_path / "demo"), demo=demo, num_val_images=2, crop_size=16)
+    dm.setup()
+    files = sorted(str(p) for p in (tmp_path / "demo" / "pristine").iterdir())
+    assert len(files) == 4 and sorted(dm.used_images["train"] + dm.used_images["val"]) == files
+
+
+def test_datamodule_errors_name_the_problem(tmp_path, pristine_folder):
+    with pytest.raises(PretrainDataError, match="does not exist"):
+        PretrainDataModule(folders=[str(tmp_path / "nope")]).setup()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PretrainDataError, match="holds no image"):
+        PretrainDataModule(folders=[str(tmp_path / "empty")]).setup()
+    with pytest.raises(PretrainDataError, match="image_paths do not exist"):
+        PretrainDataModule(image_paths=[str(tmp_path / "missing.png")]).setup()
+    with pytest.raises(PretrainDataError, match="num_val_images"):
+        PretrainDataModule(folders=[str(pristine_folder)], num_val_images=5).setup()
+    with pytest.raises(PretrainDataError, match="unknown distortion 'blurry'"):
+        PretrainDataModule(folders=[str(pristine_folder)], types=["blurry"])
