@@ -1,0 +1,1 @@
+"""Loss functions (nn.Modules, no Lightning): contrastive pre-training and multi-task IQA."""

@@ -1,0 +1,1 @@
+"""LightningModules: DAN contrastive pre-training and multi-task IQA training."""
