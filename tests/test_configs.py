@@ -43,7 +43,7 @@ def test_root_configs_exist():
 @pytest.mark.parametrize("name", ROOT_CONFIGS)
 def test_root_config_composes(compose_cfg, name):
     cfg = compose_cfg(name, [])
-    OmegaConf.resolve(cfg)  # every interpolation resolves
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves (the hydra node is read-only)
     assert cfg.paths.output_dir
 
 
@@ -62,7 +62,7 @@ def test_group_option_composes_and_instantiates(compose_cfg, group, option):
             trainer = instantiate(node, logger=False, enable_checkpointing=False)
             assert trainer.max_epochs == node.max_epochs
         else:  # GPU / multi-process configs: composing and resolving is what can be checked here
-            OmegaConf.resolve(node)
+            OmegaConf.to_container(node, resolve=True)
     elif group in {"callbacks", "logger"}:
         from mfe_iqa.cli.common import instantiate_callbacks, instantiate_loggers
 
@@ -70,20 +70,27 @@ def test_group_option_composes_and_instantiates(compose_cfg, group, option):
         for obj in objs:
             assert obj is not None
     else:
-        OmegaConf.resolve(node) if node is not None else None
+        OmegaConf.to_container(node, resolve=True) if node is not None else None
 
 
 @pytest.mark.parametrize("experiment", _experiments())
 def test_experiment_composes_and_instantiates(compose_cfg, experiment):
     cfg = compose_cfg("train", [f"experiment={experiment}"])
-    OmegaConf.resolve(cfg)
+    OmegaConf.to_container(cfg, resolve=True)
     assert instantiate(cfg.model) is not None
     assert instantiate(cfg.data) is not None
     assert cfg.experiment_name and cfg.experiment_name != "default"
 
 
 def _run_cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "mfe_iqa.cli.train", f"hydra.run.dir={tmp_path}/run", "logger=csv_only", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mfe_iqa.cli.train",
+        f"hydra.run.dir={tmp_path}/run",
+        "logger=csv_only",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
 
 

@@ -24,6 +24,16 @@ CONF_DIR = REPO_ROOT / "conf"
 os.environ.setdefault("MFE_IQA_ROOT", str(REPO_ROOT))
 
 
+def _mkdir_resolver(path: str) -> str:
+    """`${mfe_mkdir:<dir>}`: create the folder and return it (e.g. the Optuna SQLite file's folder)."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return path
+
+
+if not OmegaConf.has_resolver("mfe_mkdir"):
+    OmegaConf.register_new_resolver("mfe_mkdir", _mkdir_resolver)
+
+
 class ConfigError(UserError, ValueError):
     """A configuration the user can fix: the message names the key and the choices."""
 

@@ -27,12 +27,15 @@ log = logging.getLogger("mfe_iqa.train")
 
 
 def _resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """`ckpt_path=last` means the run dir's own last.ckpt (resume after a crash)."""
+    """`ckpt_path=last`: the run dir's own last.ckpt (resume after a crash; error if there is none).
+    `ckpt_path=auto`: resume from it when it exists, else start fresh (requeued SLURM jobs)."""
     ckpt = cfg.get("ckpt_path")
     if ckpt in (None, ""):
         return None
-    if ckpt == "last":
+    if ckpt in ("last", "auto"):
         path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        if ckpt == "auto":
+            return str(path) if path.is_file() else None
         if not path.is_file():
             raise ConfigError(
                 f"ckpt_path=last, but there is no {path}. Resume by running in the interrupted run's dir "
@@ -49,7 +52,7 @@ def _maybe_pretrain_dan(cfg: DictConfig, datamodule) -> None:
     pre = cfg.get("pretrain_dan") or {}
     if not pre.get("enabled"):
         return
-    if not OmegaConf.select(cfg, "model.use_dan", default=True):
+    if OmegaConf.select(cfg, "model.dan") is None or not OmegaConf.select(cfg, "model.use_dan", default=True):
         log.info("pretrain_dan.enabled but model.use_dan=false: skipping DAN pre-training")
         return
     from hydra import compose
@@ -141,7 +144,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     system = instantiate(
         cfg.system,
         net=net,
-        model_cfg=OmegaConf.to_container(cfg.model, resolve=True),
+        model_cfg=OmegaConf.to_yaml(cfg.model, resolve=True),
         database=database,
         _recursive_=True,
     )
@@ -162,12 +165,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         system.test_set_names = names
         ckpt = None
         checkpoint_cb = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
-        if cfg.get("train") and datamodule.has_val and checkpoint_cb is not None and checkpoint_cb.best_model_path:
+        if (
+            cfg.get("train")
+            and datamodule.has_val
+            and checkpoint_cb is not None
+            and checkpoint_cb.best_model_path
+        ):
             ckpt = checkpoint_cb.best_model_path
             log.info("Testing the checkpoint with the best val/srcc: %s", ckpt)
         elif cfg.get("train"):
             log.info("Testing the model of the last epoch")
-        trainer.test(system, dataloaders=loaders, ckpt_path=ckpt, weights_only=False)
+        trainer.test(system, dataloaders=loaders, ckpt_path=ckpt, weights_only=False, verbose=False)
         for k, v in trainer.callback_metrics.items():
             if torch.is_tensor(v):
                 metrics[k] = float(v)
@@ -192,7 +200,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
     """Console entry: returns the optimized metric (best val SRCC) for the Optuna sweeper."""
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except Exception:
+        if cfg.get("on_failure") == "nan":  # sweeps: Optuna records the trial as failed and goes on
+            log.error("This job failed; returning NaN so that the sweep records it as failed and continues")
+            return float("nan")
+        raise
     name = cfg.get("optimized_metric")
     if not name:
         return None
