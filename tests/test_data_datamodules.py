@@ -85,9 +85,12 @@ def test_demo_parallel_generation_is_safe(tmp_path):
     assert results == [str(root)] * 2
     assert len(pd.read_csv(root / "labels.csv")) == 2 * 5 * 3
     assert [p.name for p in tmp_path.iterdir()] == ["shared_demo"]  # no temp folders left behind
-    # other parameters: the cache is replaced, not mixed
-    ensure_demo(root, **{**TINY, "num_refs": 1})
-    assert len(pd.read_csv(root / "labels.csv")) == 5 * 3
+    # other parameters: a separate cache next to it; the first is never replaced under a running job
+    other = ensure_demo(root, **{**TINY, "num_refs": 1})
+    assert other != root and other.parent == root.parent
+    assert len(pd.read_csv(other / "labels.csv")) == 5 * 3
+    assert len(pd.read_csv(root / "labels.csv")) == 2 * 5 * 3
+    assert ensure_demo(root, **{**TINY, "num_refs": 1}) == other  # found again, not regenerated
 
 
 def test_demo_datamodule_batches(demo_root, tmp_path):

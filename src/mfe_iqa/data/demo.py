@@ -27,6 +27,7 @@ never see (or corrupt) a half-written demo; a cache with other parameters is rep
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -152,34 +153,36 @@ def ensure_demo(
     short_side: int = 224,
     seed: int = 0,
 ) -> Path:
-    """Generate the demo under ``root`` unless an identical one is already there; return ``root``.
+    """Generate the demo under ``root`` unless an identical one is already there; return its folder.
 
     ``num_refs``: the first N of DEMO_REFERENCES (None: all 12). Safe to call from parallel processes.
+    A cache is never replaced (a running job may be reading it): when ``root`` holds a demo with other
+    parameters, this one lives next to it in ``<root>-<hash of the parameters>``, which is returned.
     """
     root = Path(os.path.expanduser(str(root)))
     params = _parameters(num_refs, list(dist_types), list(levels), short_side, seed)
-    if _read_params(root) == params:
+    existing = _read_params(root)
+    if existing == params:
         return root
+    if existing is not None or (root.exists() and any(root.iterdir())):
+        digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+        root = root.parent / f"{root.name}-{digest}"
+        if _read_params(root) == params:
+            return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     log.info("generating the demo database under %s (%s)", root, params)
     try:
         _generate(tmp, params)
-        for _ in range(5):
-            try:
-                os.rename(tmp, root)  # atomic; fails if root exists (and is not empty)
-                return root
-            except OSError:
-                if _read_params(root) == params:  # another process finished first
-                    return root
-                if root.exists():  # a stale cache with other parameters: move it aside, then retry
-                    old = root.parent / f".{root.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-                    try:
-                        os.rename(root, old)
-                    except OSError:
-                        continue
-                    shutil.rmtree(old, ignore_errors=True)
-        raise OSError(f"could not move the generated demo database into {root}")
+        try:
+            os.rename(tmp, root)  # atomic; fails if root exists (and is not empty)
+        except OSError:
+            if _read_params(root) != params:  # not another process that finished first
+                raise OSError(
+                    f"could not move the generated demo database into {root}: the folder exists but holds "
+                    "no complete demo; delete it and run again"
+                ) from None
+        return root
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
