@@ -107,6 +107,11 @@ def log_hyperparameters(cfg: DictConfig, loggers: list, extra: Mapping[str, Any]
         hparams.update(extra)
     for lg in loggers:
         lg.log_hyperparams(hparams)
+        if type(lg).__name__ == "WandbLogger":
+            # The resolved config as a run file too: offline runs keep it readable next to the run
+            # (files/ is uploaded by `wandb sync`), not only inside the binary .wandb record.
+            run_dir = Path(lg.experiment.dir)
+            (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def print_metrics_table(title: str, rows: Mapping[str, Mapping[str, float]]) -> str:
