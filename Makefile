@@ -16,10 +16,10 @@ help: ## Show this help
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[dev,sweep]'
+	$(PY) -m pip install -q -e '.[dev,sweep,slurm]'
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install the package with the dev and sweep extras
+install: $(STAMP) ## Create .venv and install the package with the dev, sweep and slurm extras
 
 train: $(STAMP) ## The main job on the embedded demo: DAN pre-training, multi-task IQA training, test (CPU, < 15 min)
 	$(VENV)/bin/mfe-iqa-train experiment=demo
