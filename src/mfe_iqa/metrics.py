@@ -313,7 +313,8 @@ class ImageLevelMetric(Metric):
 
     def grouped(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(index, prediction, target) per image, sorted by index (float64)."""
-        if not self.index:
+        # cat-list states are lists before a DDP sync and one concatenated tensor after it
+        if isinstance(self.index, list) and not self.index:
             empty = torch.zeros(0, dtype=torch.float64, device=self.device)
             return torch.zeros(0, dtype=torch.long, device=self.device), empty, empty
         return group_by_image(dim_zero_cat(self.index), dim_zero_cat(self.preds), dim_zero_cat(self.target))

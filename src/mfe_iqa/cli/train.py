@@ -47,6 +47,68 @@ def _resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return str(ckpt)
 
 
+WANDB_RUN_ID_FILE = "wandb_run_id.txt"
+
+
+def _is_rank_zero() -> bool:
+    """Before the trainer exists: True in the launching process (DDP children get their rank from env vars)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0) == 0
+
+
+def _new_wandb_id() -> str:
+    """8 characters of [a-z0-9], like wandb's own ids; not drawn from the seeded RNGs."""
+    import secrets
+    import string
+
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def _set_wandb_run_id(cfg: DictConfig, out: Path, resuming: bool) -> None:
+    """Give the W&B logger a run id kept in <run dir>/wandb_run_id.txt, so that a resumed run continues it.
+
+    Fresh run: `logger.wandb.id` (or a new id) is written to the file. Resumed run (a checkpoint to resume from):
+    the file's id is reused with `resume="allow"`. Without a W&B logger this does nothing.
+    """
+    node = OmegaConf.select(cfg, "logger.wandb")
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return
+    path = out / WANDB_RUN_ID_FILE
+    run_id = node.get("id")
+    if not run_id and resuming and path.is_file():
+        run_id = path.read_text().strip() or None
+        if run_id:
+            log.info("Resuming the W&B run %s (id from %s)", run_id, path)
+    resume = "allow" if run_id and resuming else node.get("resume")
+    run_id = run_id or _new_wandb_id()
+    with open_dict(cfg):
+        cfg.logger.wandb.id = str(run_id)
+        cfg.logger.wandb.resume = resume
+    if _is_rank_zero():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(f"{run_id}\n")
+        tmp.replace(path)
+
+
+def _keep_csv_log_of_interrupted_run(loggers: list) -> None:
+    """Lightning's CSVLogger deletes an existing metrics.csv: a resumed run first renames it (metrics.<n>.csv)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    for lg in loggers:
+        if not isinstance(lg, CSVLogger):
+            continue
+        old = Path(lg.log_dir) / "metrics.csv"
+        if old.is_file():
+            n = 1
+            while (kept := old.with_name(f"metrics.{n}.csv")).exists():
+                n += 1
+            old.replace(kept)
+            log.info("Resuming: the CSV log so far is kept as %s", kept)
+
+
 def _maybe_pretrain_dan(cfg: DictConfig, datamodule) -> None:
     """Run DAN contrastive pre-training first and hand its dan.pt to the model config."""
     pre = cfg.get("pretrain_dan") or {}
@@ -55,6 +117,16 @@ def _maybe_pretrain_dan(cfg: DictConfig, datamodule) -> None:
     if OmegaConf.select(cfg, "model.dan") is None or not OmegaConf.select(cfg, "model.use_dan", default=True):
         log.info("pretrain_dan.enabled but model.use_dan=false: skipping DAN pre-training")
         return
+    strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="auto"))
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+    nodes = int(OmegaConf.select(cfg, "trainer.num_nodes", default=1) or 1)
+    if "ddp" in strategy or nodes > 1 or (isinstance(devices, int) and devices > 1):
+        raise ConfigError(
+            "pretrain_dan.enabled=true runs DAN pre-training inside this job, which is not supported under "
+            f"multi-process training (trainer.strategy={strategy}, devices={devices}): every process would "
+            "pre-train its own DAN. Pre-train first (`mfe-iqa-pretrain ...`, it runs under DDP itself), then "
+            "train with pretrain_dan.enabled=false model.dan.pretrained_ckpt=<its run dir>/dan.pt."
+        )
     from hydra import compose
 
     from mfe_iqa.cli.pretrain import run_pretraining
@@ -69,11 +141,11 @@ def _maybe_pretrain_dan(cfg: DictConfig, datamodule) -> None:
     ]
     pcfg = compose(config_name="pretrain", overrides=overrides)
     if pre.get("train_split_only"):
-        paths = sorted({it.path for it in datamodule.train_items})
+        paths = [str(p) for p in datamodule.pretrain_images()]
         with open_dict(pcfg):
             pcfg.pretrain_data.folders = []
             pcfg.pretrain_data.image_paths = paths
-        log.info("DAN pre-training on the %d training-split images only", len(paths))
+        log.info("DAN pre-training on %d images of the training split only", len(paths))
     dan_path = run_pretraining(pcfg)
     with open_dict(cfg):
         cfg.model.dan.pretrained_ckpt = str(dan_path)
@@ -116,6 +188,9 @@ def _use_validation(cfg: DictConfig, datamodule, callbacks: list) -> list:
         if isinstance(cb, ModelCheckpoint):
             cb.monitor = None
             cb.save_top_k = 1 if cb.save_top_k != 0 else 0
+            # no validation end to save at: save at each train-epoch end (else nothing until training ends,
+            # and a crash would leave no last.ckpt to resume from)
+            cb._save_on_train_epoch_end = True
         kept.append(cb)
     return kept
 
@@ -132,12 +207,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     configure_runtime(cfg)
     out = Path(cfg.paths.output_dir)
+    # resolved first: a wrong ckpt_path fails before any work, and W&B must know whether this run resumes
+    ckpt_path = _resolve_ckpt_path(cfg)
+    _set_wandb_run_id(cfg, out, resuming=ckpt_path is not None)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     _maybe_pretrain_dan(cfg, datamodule)
-    save_resolved_config(cfg, out)
+    if _is_rank_zero():  # DDP: the other ranks re-run this script; one copy of each file
+        save_resolved_config(cfg, out)
 
     net = instantiate(cfg.model)
     database = {k: v for k, v in dataclasses.asdict(datamodule.info).items() if k != "dist_type_names"}
@@ -151,12 +230,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     callbacks = _use_validation(cfg, datamodule, instantiate_callbacks(cfg.get("callbacks")))
     loggers = instantiate_loggers(cfg.get("logger"))
+    if ckpt_path is not None and _is_rank_zero():
+        _keep_csv_log_of_interrupted_run(loggers)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     n_params = sum(p.numel() for p in net.parameters())
-    log_hyperparameters(cfg, loggers, {"model/params_total": n_params})
+    # loggers only write on rank 0 (trainer.is_global_zero is not set yet in a DDP child before fit)
+    if _is_rank_zero():
+        log_hyperparameters(cfg, loggers, {"model/params_total": n_params})
 
     if cfg.get("train"):
-        trainer.fit(system, datamodule=datamodule, ckpt_path=_resolve_ckpt_path(cfg))
+        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+    elif datamodule.has_val:
+        # evaluation only (train=false): the given checkpoint (or the initial weights) on val, then on test
+        trainer.validate(
+            system, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False, verbose=False
+        )
 
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)}
     test_rows: dict[str, dict[str, float]] = {}
@@ -175,6 +263,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             log.info("Testing the checkpoint with the best val/srcc: %s", ckpt)
         elif cfg.get("train"):
             log.info("Testing the model of the last epoch")
+        elif ckpt_path is not None:
+            ckpt = ckpt_path
+            log.info("Testing the checkpoint %s (train=false)", ckpt)
         trainer.test(system, dataloaders=loaders, ckpt_path=ckpt, weights_only=False, verbose=False)
         for k, v in trainer.callback_metrics.items():
             if torch.is_tensor(v):
@@ -182,8 +273,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for name in names:
             prefix = f"test/{name}/"
             test_rows[name] = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
-        print_metrics_table(f"Test results ({cfg.experiment_name})", test_rows)
+        if trainer.is_global_zero:
+            print_metrics_table(f"Test results ({cfg.experiment_name})", test_rows)
 
+    if not trainer.is_global_zero:
+        return metrics
     write_run_metrics(
         out,
         train_db=str(OmegaConf.select(cfg, "hydra:runtime.choices.data", default=datamodule.info.name)),
@@ -203,7 +297,8 @@ def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except Exception:
-        if cfg.get("on_failure") == "nan":  # sweeps: Optuna records the trial as failed and goes on
+        # `on_failure=nan` on the command line arrives as the float NaN, in a file as the string "nan"
+        if str(cfg.get("on_failure")).lower() == "nan":  # a basic sweep goes on past this job
             log.error("This job failed; returning NaN so that the sweep records it as failed and continues")
             return float("nan")
         raise

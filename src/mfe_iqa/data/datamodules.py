@@ -48,8 +48,20 @@ from mfe_iqa.data.splits import (
     write_split_csv,
 )
 from mfe_iqa.data.transforms import EvalTransform, TrainTransform
+from mfe_iqa.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+class BatchSizeError(UserError, ValueError):
+    """A batch size that cannot be shared evenly by the training processes."""
+
+
+def _is_rank_zero() -> bool:
+    """True in the main process (and without DDP); Lightning reads the rank from the launcher's env vars."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0) == 0
 
 
 def limit_evenly(items: Sequence[IQAItem], limit: int | None) -> list[IQAItem]:
@@ -178,7 +190,7 @@ class IQADataModule(LightningDataModule):
         check_no_leak(split)
         if not split.train:
             raise SplitError(f"{info.name}: the split has no training items ({split.source})")
-        if self.output_dir is not None:
+        if self.output_dir is not None and _is_rank_zero():  # DDP ranks compute the same split
             write_split_csv(self.output_dir / "split.csv", split, db.root)
         if self.cache_dir is not None:
             self._path_map = build_resize_cache(items, db.root, self.cache_dir, self.short_side)
@@ -235,6 +247,31 @@ class IQADataModule(LightningDataModule):
         return self._require_setup().source
 
     # --- loaders ----------------------------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        """Processes the attached trainer runs (DDP devices x nodes); 1 without a trainer."""
+        trainer = getattr(self, "trainer", None)
+        return int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+
+    @property
+    def per_process_batch_size(self) -> int:
+        """``batch_size`` is GLOBAL (images per optimizer step over all processes): each process loads
+        ``batch_size // world_size``; a size the world size does not divide is an error."""
+        world = self.world_size
+        if self.batch_size % world:
+            raise BatchSizeError(
+                f"data.batch_size={self.batch_size} is the global batch size (all processes together) and must be "
+                f"divisible by the number of processes, {world} (trainer.devices x trainer.num_nodes). "
+                f"Use e.g. data.batch_size={max(world, self.batch_size // world * world)} or "
+                f"{(self.batch_size // world + 1) * world}."
+            )
+        return self.batch_size // world
+
+    @property
+    def per_process_eval_batch_size(self) -> int:
+        """``eval_batch_size`` is global too, rounded up per process (it does not change any result)."""
+        return max(1, -(-self.eval_batch_size // self.world_size))
+
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(
             dataset,
@@ -244,7 +281,9 @@ class IQADataModule(LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             worker_init_fn=seed_worker,
-            drop_last=False,
+            # Training drops the incomplete last batch (a different random remainder each epoch): a batch of
+            # one breaks BatchNorm in training mode. Evaluation never drops an image.
+            drop_last=shuffle and len(dataset) > batch_size,
         )
 
     def _eval_loader(self, items: Sequence[IQAItem]) -> DataLoader:
@@ -252,7 +291,7 @@ class IQADataModule(LightningDataModule):
             items, self.eval_transform, short_side=self.short_side, path_map=self._path_map
         )
         # Whole images differ in size between images: they cannot share a batch.
-        batch = 1 if self.eval_transform.mode == "full" else self.eval_batch_size
+        batch = 1 if self.eval_transform.mode == "full" else self.per_process_eval_batch_size
         return self._loader(dataset, batch, shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
@@ -263,7 +302,7 @@ class IQADataModule(LightningDataModule):
             short_side=self.short_side,
             path_map=self._path_map,
         )
-        return self._loader(dataset, self.batch_size, shuffle=True)
+        return self._loader(dataset, self.per_process_batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
         """The val loader; an empty list (Lightning then skips validation) when the split has no val part."""
@@ -271,6 +310,12 @@ class IQADataModule(LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self.test_items)
+
+    def pretrain_images(self) -> list[Path]:
+        """The images DAN contrastive pre-training may use when restricted to the training split: the training
+        split's own images (one file each, sorted). Databases that ship their pristine references override this
+        to give the references of the training contents instead (synthetic distortions go on clean images)."""
+        return sorted({Path(it.path) for it in self.train_items})
 
     def whole_dataloader(self) -> DataLoader:
         """Every usable item of the database (cross-dataset tests)."""
@@ -450,6 +495,17 @@ class DemoDataModule(CsvDataModule):
     @property
     def pristine_dir(self) -> Path:
         return ensure_demo(self.root, **self.demo_options) / "pristine"
+
+    def pretrain_images(self) -> list[Path]:
+        """The pristine references of the training split's contents (never a val or test reference)."""
+        contents = sorted({str(it.content_id) for it in self.train_items})
+        paths = [self.pristine_dir / f"{c}.png" for c in contents]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"demo pristine references missing: {missing}; delete {self.root} and rerun"
+            )
+        return paths
 
     def prepare_data(self) -> None:
         ensure_demo(self.root, **self.demo_options)

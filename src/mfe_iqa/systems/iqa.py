@@ -95,6 +95,10 @@ def _model_cfg_to_dict(model_cfg: Mapping | str | None) -> dict | None:
     return dict(model_cfg)
 
 
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The training loss became NaN or infinite: the message names the global step and every loss term."""
+
+
 class IQATrainingModule(L.LightningModule):
     """Trains ``net`` on normalized MOS with auxiliary HFEN and DAN losses; evaluates per image.
 
@@ -207,12 +211,20 @@ class IQATrainingModule(L.LightningModule):
         loss_quality = self.quality_loss(score, mos)
         zero = score.new_zeros(())
         loss_hf = zero
-        if self.lambda_hf > 0 and out.hf_pred is not None and out.hf_target is not None:
+        use_hf = self.lambda_hf > 0 and out.hf_pred is not None and out.hf_target is not None
+        if use_hf:
             loss_hf = self.hf_loss(out.hf_pred, out.hf_target)
         loss_dist = zero
-        if self.lambda_dist > 0 and out.dist_logits is not None and BATCH_DIST_TYPE in batch:
+        use_dist = self.lambda_dist > 0 and out.dist_logits is not None and BATCH_DIST_TYPE in batch
+        if use_dist:
             loss_dist = self.dist_loss(out.dist_logits, batch[BATCH_DIST_TYPE])
         loss = loss_quality + self.lambda_hf * loss_hf + self.lambda_dist * loss_dist
+        # The output of a switched-off term (weight 0) joins the graph with a zero factor: under DDP every trainable
+        # parameter must receive a gradient at each step, or DDP stops ("parameters that were not used in producing
+        # the loss"). nan_to_num keeps a NaN in an unused head from reaching the loss. The value is unchanged.
+        for output, used in ((out.hf_pred, use_hf), (out.dist_logits, use_dist)):
+            if output is not None and not used and output.requires_grad:
+                loss = loss + 0.0 * torch.nan_to_num(output.float(), nan=0.0, posinf=0.0, neginf=0.0).sum()
         return {"loss": loss, "loss_quality": loss_quality, "loss_hf": loss_hf, "loss_dist": loss_dist}
 
     # ----------------------------------------------------------------------------------------------------------
@@ -230,13 +242,7 @@ class IQATrainingModule(L.LightningModule):
         if image.ndim != 4:
             raise ValueError(f"train batch 'image' must be (B, 3, h, w), got {tuple(image.shape)}")
         losses = self.compute_losses(self(image), batch)
-        if not torch.isfinite(losses["loss"]):
-            terms = ", ".join(f"{k}={float(v.detach()):.6g}" for k, v in losses.items())
-            raise FloatingPointError(
-                f"non-finite training loss at global step {self.global_step} (epoch {self.current_epoch}, "
-                f"batch {batch_idx}): {terms}. Lower the learning rate, use precision=32-true or bf16-mixed, "
-                "or set trainer.gradient_clip_val."
-            )
+        self._stop_on_non_finite(losses, batch_idx)
         bs = image.shape[0]
         for name, value in losses.items():
             self.log(
@@ -249,6 +255,28 @@ class IQATrainingModule(L.LightningModule):
                 prog_bar=name == "loss",
             )
         return losses["loss"]
+
+    def _stop_on_non_finite(self, losses: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        """Raise ``NonFiniteLossError`` (step and every term in the message) when the loss is NaN/inf on any rank.
+
+        Under DDP the flag is summed over the ranks so that every process stops at the same step (a rank that
+        raised alone would leave the others waiting in the gradient all-reduce).
+        """
+        local_bad = not bool(torch.isfinite(losses["loss"].detach()))
+        bad = local_bad
+        if self._trainer is not None and self.trainer.world_size > 1:
+            flag = torch.tensor(float(local_bad), device=self.device)
+            bad = float(self.trainer.strategy.reduce(flag, reduce_op="sum")) > 0
+        if not bad:
+            return
+        terms = ", ".join(f"{k}={float(v.detach()):.6g}" for k, v in losses.items())
+        where = "" if local_bad else " on another process (this process's terms below are finite)"
+        raise NonFiniteLossError(
+            f"non-finite training loss{where} at global step {self.global_step} (epoch {self.current_epoch}, "
+            f"batch {batch_idx}): {terms} (weights: lambda_hf={self.lambda_hf:g}, "
+            f"lambda_dist={self.lambda_dist:g}). Training stopped. Lower the learning rate, use "
+            "trainer.precision=32-true or bf16-mixed instead of 16-mixed, or set trainer.gradient_clip_val."
+        )
 
     # ----------------------------------------------------------------------------------------------------------
     # validation
