@@ -36,7 +36,7 @@ def _tiny_overrides(tmp_path) -> list[str]:
     ]
 
 
-def test_pretrain_writes_a_dan_that_loads_into_dan_and_mfenet(compose_cfg, tmp_path):
+def test_pretrain_writes_a_dan_that_loads_into_dan_and_mfenet(compose_cfg, tmp_path, capsys):
     cfg = compose_cfg("pretrain", _tiny_overrides(tmp_path))
     assert cfg.callbacks.model_checkpoint.monitor == "val/knn_type_acc"
     assert cfg.trainer.use_distributed_sampler is False
@@ -54,6 +54,9 @@ def test_pretrain_writes_a_dan_that_loads_into_dan_and_mfenet(compose_cfg, tmp_p
     metrics = json.loads((out / "pretrain_metrics.json").read_text())
     assert 0.0 <= metrics["val/knn_type_acc"] <= 1.0 and 0.0 <= metrics["val/knn_class_acc"] <= 1.0
     assert metrics["images"] == {"train": 2, "val": 2, "authentic": 0}
+    printed = capsys.readouterr().out
+    assert "k-NN distortion-type accuracy on 2 held-out images: " in printed and "(chance 50.0%)" in printed
+    assert f"{100 * metrics['val/knn_type_acc']:.1f}%" in printed  # 2 types; (type, level): 10 classes
     ckpt = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=False)
     assert ckpt["mfe_iqa_dan"] == {"backbone": "resnet10t"}
     from_ckpt = load_dan_file(metrics["checkpoint"])
@@ -82,7 +85,14 @@ def test_pretrain_writes_a_dan_that_loads_into_dan_and_mfenet(compose_cfg, tmp_p
 def test_pretrain_under_two_process_ddp_gathers_and_exports(compose_cfg, tmp_path):
     """2-process DDP on CPU (gloo): embeddings are all-gathered with gradients; dan.pt is still written once."""
     cfg = compose_cfg(
-        "pretrain", [*_tiny_overrides(tmp_path), "trainer=ddp_cpu", "trainer.sync_batchnorm=false"]
+        "pretrain",
+        # ddp_spawn: plain `ddp` relaunches sys.argv (here: pytest itself) in the second process.
+        [
+            *_tiny_overrides(tmp_path),
+            "trainer=ddp_cpu",
+            "trainer.strategy=ddp_spawn",
+            "trainer.sync_batchnorm=false",
+        ],
     )
     dan_path = run_pretraining(cfg)
     exported = torch.load(dan_path, map_location="cpu", weights_only=False)

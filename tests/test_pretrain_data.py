@@ -219,3 +219,23 @@ def test_datamodule_errors_name_the_problem(tmp_path, pristine_folder):
         PretrainDataModule(folders=[str(pristine_folder)], num_val_images=5).setup()
     with pytest.raises(PretrainDataError, match="unknown distortion 'blurry'"):
         PretrainDataModule(folders=[str(pristine_folder)], types=["blurry"])
+
+
+def test_knn_set_has_held_out_queries_and_a_training_bank(pristine_folder):
+    dm = PretrainDataModule(
+        folders=[str(pristine_folder)], num_val_images=2, types=["jpeg"], crop_size=16, batch_size=12,
+        steps_per_epoch=1, val_crops=2, bank_crops=1, num_bank_images=3, val_view="region", eval_batch_size=500,
+    )  # fmt: skip
+    dm.setup("fit")
+    assert len(dm.bank_paths) == 3 and set(dm.bank_paths) <= set(dm.train_paths)
+    batch = next(iter(dm.val_dataloader()))
+    n_cls = len(dm.classes)  # pristine + 5 jpeg levels
+    assert len(batch["label"]) == (2 * 2 + 3 * 1) * n_cls
+    assert batch["image"].shape[1:] == (3, 32, 32)  # the whole 2c x 2c region
+    queries, bank = ~batch["is_bank"], batch["is_bank"]
+    assert int(queries.sum()) == 4 * n_cls and set(batch["content"][queries].tolist()) == {0, 1}
+    assert set(batch["content"][bank].tolist()) == {2, 3, 4}
+    # the two regions of one held-out image differ (centre and a seeded place); the set is fixed
+    first = batch["image"][:n_cls]
+    assert not torch.equal(first, batch["image"][n_cls : 2 * n_cls])
+    torch.testing.assert_close(next(iter(dm.val_dataloader()))["image"], batch["image"])

@@ -124,3 +124,53 @@ def test_no_weight_decay_on_biases_and_norms():
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(system.parameters()))
+
+
+def test_knn_with_a_bank_and_distorted_only_matches_brute_force():
+    """Queries (is_bank False) vote by their nearest bank rows; distorted_only drops pristine rows on both sides."""
+    g = torch.Generator().manual_seed(1)
+    n = 90
+    labels = torch.randint(0, 11, (n,), generator=g)
+    types = torch.where(labels == 0, torch.tensor(-1), (labels - 1) // 5)
+    content = torch.arange(n) % 5
+    is_bank = content >= 2  # contents 0, 1: queries; 2, 3, 4: bank
+    emb = torch.randn(11, 8, generator=g)[labels] + 0.9 * torch.randn(n, 8, generator=g)
+    z = torch.nn.functional.normalize(emb, dim=1)
+    for distorted_only in (False, True):
+        keep = (types >= 0) if distorted_only else torch.ones(n, dtype=torch.bool)
+        queries = [i for i in range(n) if not is_bank[i] and keep[i]]
+        bank = [j for j in range(n) if is_bank[j] and keep[j]]
+        type_hits = type_total = class_hits = 0
+        for i in queries:
+            near = sorted(((float(z[i] @ z[j]), j) for j in bank), key=lambda t: -t[0])[:5]
+            cv, tv = {}, {}
+            for s, j in near:
+                cv[int(labels[j])] = cv.get(int(labels[j]), 0.0) + math.exp(s / 0.1)
+                tv[int(types[j])] = tv.get(int(types[j]), 0.0) + math.exp(s / 0.1)
+            class_hits += max(cv, key=cv.get) == int(labels[i])
+            if types[i] >= 0:
+                type_total += 1
+                type_hits += max(tv, key=tv.get) == int(types[i])
+        got = knn_accuracy(
+            emb, labels, types, content, 5, 0.1, is_bank=is_bank, distorted_only=distorted_only
+        )
+        assert got == pytest.approx((type_hits / type_total, class_hits / len(queries)))
+
+
+def test_mean_and_std_pooling_doubles_the_feature_and_stays_finite():
+    system = DANPretrainModule(
+        DistortionAwareNetwork("resnet10t"),
+        optimizer=None,
+        pooling=["mean", "std"],
+        feature_stages=[0, 1, 2, 3],
+        projection_dim=16,
+    )
+    system.eval()
+    x = torch.rand(3, 3, 32, 32)  # the last stage is 1 x 1: its spatial std is 0, not NaN
+    with torch.no_grad():
+        p, g = system.pooled(x), system.pooled(x, grid=2)
+    assert p.shape == (3, 2 * sum(system.dan.channels)) and torch.isfinite(p).all()
+    assert g.shape == (3, 4, 2 * sum(system.dan.channels)) and torch.isfinite(g).all()
+    assert system.head.net[0].in_features == p.shape[1]
+    with pytest.raises(ValueError, match="pooling"):
+        DANPretrainModule(DistortionAwareNetwork("resnet10t"), optimizer=None, pooling=["max"])

@@ -41,7 +41,8 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from mfe_iqa.data.pretrain import NUM_TYPES
+    from mfe_iqa.data.distortions import NUM_LEVELS
+    from mfe_iqa.data.pretrain import NUM_TYPES, PRISTINE_CLASS
 
     configure_runtime(cfg)
     out = Path(cfg.paths.output_dir)
@@ -81,6 +82,9 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
 
     dan_path = out / DAN_FILE
+    n_types = len(datamodule.types)
+    pristine_class = 0 if system.knn_distorted_only else int(PRISTINE_CLASS in datamodule.classes)
+    n_classes = n_types * NUM_LEVELS + pristine_class  # what val/knn_class_acc chooses among
     if trainer.is_global_zero:  # under ddp_spawn this code runs in the main process only
         torch.save(system.dan.export_state(), dan_path)
         write_json(
@@ -90,7 +94,8 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
                 "backbone": system.dan.backbone_name,
                 "checkpoint": best or None,
                 "dan_path": str(dan_path),
-                "chance_type_acc": 1.0 / len(datamodule.types) if datamodule.types else float("nan"),
+                "chance_type_acc": 1.0 / n_types if n_types else float("nan"),
+                "chance_class_acc": 1.0 / n_classes if n_classes else float("nan"),
                 "num_types": len(datamodule.types),
                 "of_types": NUM_TYPES,
                 "images": {k: len(v) for k, v in datamodule.used_images.items()},
@@ -101,6 +106,13 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
             {"held-out": metrics},
         )
         log.info("DAN weights written to %s", dan_path)
+        print(
+            f"k-NN distortion-type accuracy on {len(datamodule.val_paths)} held-out images: "
+            f"{100 * metrics.get('val/knn_type_acc', float('nan')):.1f}% (chance {100 / max(1, n_types):.1f}%); "
+            f"(type, level) accuracy: {100 * metrics.get('val/knn_class_acc', float('nan')):.1f}% "
+            f"(chance {100 / max(1, n_classes):.1f}%)",
+            flush=True,
+        )
     return {"dan_path": dan_path, **metrics}
 
 

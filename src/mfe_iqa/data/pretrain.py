@@ -9,8 +9,9 @@ Each item gives two views (CONTRIQUE): a region of 2c x 2c pixels is cropped at 
 native resolution; view 1 is a random c x c crop of it (full scale), view 2 the whole region resized to
 c x c (half scale); each view is flipped horizontally at random. Output is float32 RGB in [0, 1].
 
-Validation: held-out pristine images, every class at a fixed seed, one centre crop each; the system
-measures k-NN accuracy with neighbours restricted to *other* held-out images (unseen content).
+Validation (k-NN): held-out pristine images (queries, never trained on) and, with ``bank_crops > 0``,
+the training images (the labelled bank), each distorted into every class at fixed seeds; the system
+classifies each query by its nearest bank items (``bank_crops = 0``: by the *other* held-out images).
 """
 
 from __future__ import annotations
@@ -289,7 +290,16 @@ class PretrainBatchDataset(Dataset):
 
 
 class PretrainValDataset(Dataset):
-    """Held-out pristine images x every class, each a fixed-seed distortion of the centre region, centre crop."""
+    """The fixed k-NN set: every class of held-out (query) images and, optionally, of training (bank) images.
+
+    Each image contributes ``crops`` (queries) or ``bank_crops`` (bank) regions of 2c x 2c (the first
+    centred, the others at seeded random places), each distorted into every class with a fixed seed.
+    ``view="crop"`` returns the centre c x c of each distorted region (the full-scale training view),
+    ``view="region"`` the whole 2c x 2c region (same scale, more pixels: steadier pooled statistics).
+    Items carry ``is_bank`` and ``content`` (query image i -> i, bank image j -> len(paths) + j). The bank's
+    distortions are drawn with other seeds than training ever uses; bank images are training contents,
+    queries never are.
+    """
 
     def __init__(
         self,
@@ -299,29 +309,61 @@ class PretrainValDataset(Dataset):
         short_side: int | None = None,
         seed: int = 0,
         cache_images: bool = True,
+        bank_paths: Sequence[str] = (),
+        crops: int = 1,
+        bank_crops: int = 0,
+        view: str = "crop",
     ) -> None:
+        if view not in ("crop", "region"):
+            raise PretrainDataError(f"pretrain_data.val_view must be 'crop' or 'region', got '{view}'")
+        if crops < 1 or bank_crops < 0:
+            raise PretrainDataError(f"val_crops must be >= 1 and bank_crops >= 0, got {crops}, {bank_crops}")
         self.crop_size = int(crop_size)
-        self.pool = _ImagePool(paths, short_side, 2 * self.crop_size, cache_images)
-        self.items = [(i, c) for i in range(len(paths)) for c in classes]
+        self.view = view
+        self.num_queries = len(paths)
+        self.pool = _ImagePool(
+            list(paths) + (list(bank_paths) if bank_crops else []),
+            short_side,
+            2 * self.crop_size,
+            cache_images,
+        )
+        self.items = [(i, p, c) for i in range(len(paths)) for p in range(crops) for c in classes]
+        if bank_crops:
+            self.items += [
+                (len(paths) + j, p, c)
+                for j in range(len(bank_paths))
+                for p in range(bank_crops)
+                for c in classes
+            ]
         self.seed = int(seed)
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def _origin(self, index: int, place: int, h: int, w: int, r: int) -> tuple[int, int]:
+        if place == 0:
+            return (h - r) // 2, (w - r) // 2
+        rng = np.random.default_rng([self.seed, index, place, 7919])
+        return int(rng.integers(0, h - r + 1)), int(rng.integers(0, w - r + 1))
+
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        index, cls = self.items[k]
+        index, place, cls = self.items[k]
         img = self.pool.get(index)
         h, w = img.shape[:2]
         r, c = 2 * self.crop_size, self.crop_size
-        y, x = (h - r) // 2, (w - r) // 2
-        region = _distort(img[y : y + r, x : x + r], cls, np.random.default_rng([self.seed, index, cls]))
+        y, x = self._origin(index, place, h, w, r)
+        # place 0 keeps the original seed sequence [seed, index, cls]; training seeds are single integers.
+        key = [self.seed, index, cls] + ([place] if place else [])
+        region = _distort(img[y : y + r, x : x + r], cls, np.random.default_rng(key))
         t, level = class_type_level(cls)
+        image = region if self.view == "region" else region[c // 2 : c // 2 + c, c // 2 : c // 2 + c]
         return {
-            "image": _to_tensor(region[c // 2 : c // 2 + c, c // 2 : c // 2 + c]),  # (3, c, c)
+            "image": _to_tensor(image),  # (3, c, c) or (3, 2c, 2c)
             "label": torch.tensor(cls, dtype=torch.int64),
             "dist_type": torch.tensor(t, dtype=torch.int64),
             "dist_level": torch.tensor(level, dtype=torch.int64),
             "content": torch.tensor(index, dtype=torch.int64),
+            "is_bank": torch.tensor(index >= self.num_queries),
         }
 
 
@@ -341,6 +383,10 @@ class PretrainDataModule(L.LightningDataModule):
         demo_root: str | None = None,
         demo: dict[str, Any] | None = None,
         num_val_images: int = 3,
+        val_crops: int = 1,
+        bank_crops: int = 0,
+        num_bank_images: int | None = None,
+        val_view: str = "crop",
         types: Sequence[int | str] | None = None,
         include_pristine: bool = True,
         crop_size: int = 64,
@@ -366,6 +412,10 @@ class PretrainDataModule(L.LightningDataModule):
         self.demo_root = demo_root
         self.demo = dict(demo or {})
         self.num_val_images = int(num_val_images)
+        self.val_crops = int(val_crops)
+        self.bank_crops = int(bank_crops)
+        self.num_bank_images = None if num_bank_images is None else int(num_bank_images)
+        self.val_view = str(val_view)
         self.types = resolve_types(list(types) if types is not None else None)
         self.classes = class_list(self.types, include_pristine)
         self.crop_size = int(crop_size)
@@ -450,6 +500,14 @@ class PretrainDataModule(L.LightningDataModule):
             self.write_image_list(Path(self.output_dir) / "pretrain_images.csv")
 
     @property
+    def bank_paths(self) -> list[str]:
+        """The training images whose distorted crops form the k-NN bank (all, or ``num_bank_images`` by seed)."""
+        if self.num_bank_images is None or self.num_bank_images >= len(self.train_paths):
+            return list(self.train_paths)
+        order = np.random.default_rng([self.seed, 1]).permutation(len(self.train_paths))
+        return sorted(self.train_paths[i] for i in order[: self.num_bank_images])
+
+    @property
     def used_images(self) -> dict[str, list[str]]:
         """Exactly which files pre-training uses, by role."""
         return {
@@ -488,7 +546,16 @@ class PretrainDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         dataset = PretrainValDataset(
-            self.val_paths, self.classes, self.crop_size, self.short_side, self.seed, self.cache_images
+            self.val_paths,
+            self.classes,
+            self.crop_size,
+            self.short_side,
+            self.seed,
+            self.cache_images,
+            bank_paths=self.bank_paths,
+            crops=self.val_crops,
+            bank_crops=self.bank_crops,
+            view=self.val_view,
         )
         return DataLoader(
             dataset,

@@ -3,7 +3,8 @@
 The DAN backbone (a ``DistortionAwareNetwork``, the same class MFENet uses, held as ``self.dan`` so that
 checkpoint keys read ``dan.backbone.*``) is followed by a projection MLP; the loss is multi-positive
 NT-Xent over (type, level) classes. Validation measures k-NN accuracy of the pooled backbone features
-(what IQA training inherits) on held-out images, neighbours taken from other images only.
+(what IQA training inherits) on held-out images (queries), neighbours taken from a bank of distorted
+training images (or, without a bank, from the other held-out images).
 """
 
 from __future__ import annotations
@@ -65,31 +66,45 @@ def knn_accuracy(
     content: torch.Tensor,
     k: int = 5,
     temperature: float = 0.1,
+    is_bank: torch.Tensor | None = None,
+    distorted_only: bool = False,
 ) -> tuple[float, float]:
-    """Leave-one-content-out weighted k-NN: (type accuracy over distorted queries, class accuracy over all).
+    """Weighted k-NN of other-content neighbours: (type accuracy over distorted queries, class accuracy).
 
-    embeddings (N, D); labels, types, content (N,). For each query the k most cosine-similar samples of
+    embeddings (N, D); labels, types, content (N,). For each query the k most cosine-similar candidates of
     *other* contents vote with weight exp(s / temperature), once for the class and once for the type.
+    ``is_bank`` (N,) bool: queries are the rows outside the bank, candidates the bank rows (None: every row
+    is both, leave-one-content-out). ``distorted_only``: pristine rows (type < 0) are neither candidates nor
+    queries, so the type vote is over the distortion types alone (chance 1 / #types) and the class
+    accuracy is the (type, level) accuracy.
     """
     z = F.normalize(embeddings.float(), dim=1)
-    sim = z @ z.T  # (N, N)
-    sim = sim.masked_fill(content[:, None] == content[None, :], float("-inf"))
-    k = min(k, int((content != content[0]).sum()))
+    n = len(z)
+    query = torch.ones(n, dtype=torch.bool, device=z.device) if is_bank is None else ~is_bank.bool()
+    cand = torch.ones(n, dtype=torch.bool, device=z.device) if is_bank is None else is_bank.bool()
+    if distorted_only:
+        query, cand = query & (types >= 0), cand & (types >= 0)
+    qi, ci = query.nonzero().squeeze(1), cand.nonzero().squeeze(1)
+    if len(qi) == 0:
+        raise ValueError("k-NN validation has no query")
+    sim = z[qi] @ z[ci].T  # (Q, M)
+    sim = sim.masked_fill(content[qi][:, None] == content[ci][None, :], float("-inf"))
+    k = min(k, int((content[ci] != content[qi[0]]).sum()))
     if k < 1:
         raise ValueError("k-NN validation needs at least two held-out images (contents)")
-    top_s, top_i = sim.topk(k, dim=1)  # (N, k)
-    weights = torch.exp((top_s - top_s[:, :1]) / temperature)  # (N, k), stable
+    top_s, top_i = sim.topk(k, dim=1)  # (Q, k)
+    weights = torch.exp((top_s - top_s[:, :1]) / temperature)  # (Q, k), stable
 
     def vote(targets: torch.Tensor) -> torch.Tensor:
-        values, inverse = torch.unique(targets, return_inverse=True)
-        scores = torch.zeros(len(targets), len(values), dtype=weights.dtype, device=weights.device)
+        values, inverse = torch.unique(targets[ci], return_inverse=True)
+        scores = torch.zeros(len(qi), len(values), dtype=weights.dtype, device=weights.device)
         scores.scatter_add_(1, inverse[top_i], weights)
         return values[scores.argmax(dim=1)]
 
-    class_acc = (vote(labels) == labels).float().mean().item()
-    distorted = types >= 0
+    class_acc = (vote(labels) == labels[qi]).float().mean().item()
+    distorted = types[qi] >= 0
     type_acc = (
-        (vote(types)[distorted] == types[distorted]).float().mean().item()
+        (vote(types)[distorted] == types[qi][distorted]).float().mean().item()
         if distorted.any()
         else float("nan")
     )
@@ -119,6 +134,8 @@ class DANPretrainModule(L.LightningModule):
         weight_decay_norm_bias: bool = False,
         knn_k: int = 5,
         knn_temperature: float = 0.1,
+        pooling: Sequence[str] = ("mean",),
+        knn_distorted_only: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["dan", "loss"], logger=False)
@@ -131,7 +148,10 @@ class DANPretrainModule(L.LightningModule):
                 f"feature_stages {stages}: DAN has {n_stages} stages (indices 0..{n_stages - 1} or -1)"
             )
         self.feature_stages = [int(i) % n_stages for i in stages]
-        channels = sum(dan.channels[i] for i in self.feature_stages)
+        self.pooling = [str(p) for p in pooling]
+        if not self.pooling or set(self.pooling) - {"mean", "std"}:
+            raise ValueError(f"pooling {self.pooling}: choose a non-empty list of 'mean' and 'std'")
+        channels = len(self.pooling) * sum(dan.channels[i] for i in self.feature_stages)
         self.head = ProjectionHead(channels, projection_hidden_dim or channels, projection_dim)
         self.loss_fn = loss if loss is not None else MultiPositiveNTXent(0.1)
         self.optimizer_factory = optimizer
@@ -140,22 +160,32 @@ class DANPretrainModule(L.LightningModule):
         self.weight_decay_norm_bias = weight_decay_norm_bias
         self.knn_k = int(knn_k)
         self.knn_temperature = float(knn_temperature)
+        self.knn_distorted_only = bool(knn_distorted_only)
         self._val: list[tuple[torch.Tensor, ...]] = []
         self.last_knn: dict[str, float] = {}
 
     def pooled(self, x: torch.Tensor, grid: int = 0) -> torch.Tensor:
         """Pooled DAN features of x (B, 3, H, W) in [0, 1]: (B, C) for grid 0, else (B, grid*grid, C).
 
-        C is the sum of the selected stages' channels; each stage's vector is L2-normalized first.
+        C = len(pooling) x the sum of the selected stages' channels; each stage's mean (and std) vector is
+        L2-normalized first. The spatial std (second-order statistics: noise, blur, contrast) of a 1 x 1 map is 0.
         """
         feats = self.dan(x)[0]  # [(B, C_i, h_i, w_i)]
         parts = []
         for i in self.feature_stages:
-            if grid > 0:
-                p = F.adaptive_avg_pool2d(feats[i], grid).flatten(2).transpose(1, 2)  # (B, g*g, C_i)
-            else:
-                p = feats[i].mean(dim=(2, 3))  # (B, C_i)
-            parts.append(F.normalize(p, dim=-1))
+            f = feats[i]
+            for stat in self.pooling:
+                if grid > 0:
+                    m = F.adaptive_avg_pool2d(f, grid)
+                    p = (
+                        m
+                        if stat == "mean"
+                        else (F.adaptive_avg_pool2d(f * f, grid) - m * m).clamp_min(0).sqrt()
+                    )
+                    p = p.flatten(2).transpose(1, 2)  # (B, g*g, C_i)
+                else:
+                    p = f.mean(dim=(2, 3)) if stat == "mean" else f.std(dim=(2, 3), correction=0)  # (B, C_i)
+                parts.append(F.normalize(p, dim=-1))
         return torch.cat(parts, dim=-1)
 
     def project(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,14 +219,24 @@ class DANPretrainModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         emb = self.pooled(batch["image"])  # (B, C)
-        self._val.append((emb.detach(), batch["label"], batch["dist_type"], batch["content"]))
+        bank = batch.get("is_bank", torch.zeros_like(batch["label"], dtype=torch.bool))
+        self._val.append((emb.detach(), batch["label"], batch["dist_type"], batch["content"], bank))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val:
             return
-        emb, labels, types, content = (torch.cat(parts) for parts in zip(*self._val))
+        emb, labels, types, content, bank = (torch.cat(parts) for parts in zip(*self._val))
         self._val = []
-        type_acc, class_acc = knn_accuracy(emb, labels, types, content, self.knn_k, self.knn_temperature)
+        type_acc, class_acc = knn_accuracy(
+            emb,
+            labels,
+            types,
+            content,
+            self.knn_k,
+            self.knn_temperature,
+            is_bank=bank if bool(bank.any()) else None,
+            distorted_only=self.knn_distorted_only,
+        )
         self.last_knn = {"val/knn_type_acc": type_acc, "val/knn_class_acc": class_acc}
         # Every rank computes the same value on the whole (unsharded) validation set.
         self.log("val/knn_type_acc", type_acc, prog_bar=True, sync_dist=True)
