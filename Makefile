@@ -27,6 +27,9 @@ train: $(STAMP) ## The main job on the embedded demo: DAN pre-training, multi-ta
 test: $(STAMP) ## Run the test suite (CPU, tiny configs)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
+bench-livec: $(STAMP) ## plain vs no_hfen vs no_dan vs full MFENet-tiny on the LIVE Challenge sample, one table (BUDGET_MIN=20 min of fit per model, SPLIT=0)
+	$(PY) -m mfe_iqa.cli.livec_table --budget-min $(or $(BUDGET_MIN),20) --split-index $(or $(SPLIT),0)
+
 lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
@@ -39,4 +42,4 @@ clean: ## Remove the venv, caches, logs and generated demo data
 	rm -rf $(VENV) .pytest_cache .ruff_cache logs data/demo build src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install train test lint format clean
+.PHONY: help install train test bench-livec lint format clean

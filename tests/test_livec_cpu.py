@@ -1,0 +1,158 @@
+"""experiments/livec_cpu.yaml (issue 9): it composes, a fast dev run completes on the shared LIVE Challenge
+sample, and its DAN pre-training never sees a validation or test image. Plus the wall-clock schedule and the
+`livec_table` runner's bookkeeping (no training there)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import LIVEC_SAMPLE
+
+REPO = Path(__file__).resolve().parents[1]
+needs_sample = pytest.mark.skipif(
+    not LIVEC_SAMPLE.is_dir(),
+    reason=f"the shared LIVE Challenge sample is absent ({LIVEC_SAMPLE}); see ../shared/data/README.md",
+)
+
+
+@pytest.mark.parametrize("model", ["mfenet_tiny", "plain", "no_hfen", "no_dan"])
+def test_experiment_composes(compose_cfg, model):
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg("train", ["experiment=livec_cpu", f"model={model}"])
+    assert cfg.data._target_.endswith("LiveChallengeDataModule")
+    assert Path(cfg.data.root) == REPO / ".." / "shared" / "data" / "livec-sample" / "ChallengeDB_release"
+    assert cfg.data.present_only is True
+    assert list(cfg.split.ratios) == [0.7, 0.1, 0.2] and cfg.optimized_metric == "val/srcc_best"
+    assert cfg.pretrain_dan.enabled is True and cfg.pretrain_dan.train_split_only is True
+    assert dict(cfg.trainer.max_time) == {"minutes": 20} and cfg.data.crop_size == 128
+    assert cfg.callbacks.model_checkpoint.monitor == "val/srcc"
+    # the scheduler partial builds (wall-clock cosine) with the composed values
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = instantiate(cfg.system.scheduler)(optimizer=opt)
+    assert opt.param_groups[0]["lr"] <= 1.0 and sched is not None
+
+
+def test_budget_cosine_schedule_follows_the_clock():
+    from mfe_iqa.systems.schedules import budget_cosine_schedule
+
+    now = [0.0]
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = budget_cosine_schedule(
+        opt, budget_min=1, warmup_steps=2, min_lr_ratio=0.0, end_fraction=1.0, clock=lambda: now[0]
+    )
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)  # warm-up step 1 of 2
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0)
+    now[0] = 30.0  # half the budget
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
+    now[0] = 90.0  # past the budget: flat at the minimum
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        budget_cosine_schedule(opt, budget_min=1, warmup_fraction=0.05)
+
+
+PRETRAIN_FDR = [
+    "debug=fdr",
+    "logger=csv_only",
+    "pretrain_data.num_val_images=4",
+    "pretrain_data.val_crops=1",
+    "pretrain_data.bank_crops=0",
+    "pretrain_data.batch_size=16",
+    "pretrain_data.short_side=96",
+    "callbacks.rich_progress_bar=null",
+    "callbacks.model_summary=null",
+]
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@needs_sample
+def test_fast_dev_run_on_the_sample_pretrains_on_training_images_only(tmp_path):
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "mfe_iqa.cli.train",
+        "experiment=livec_cpu",
+        "debug=fdr",
+        "logger=csv_only",
+        f"hydra.run.dir={run}",
+        "data.limit_items=60",  # 60 of the 300 images, evenly spread: 42 train / 6 val / 12 test
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.short_side=96",
+        "data.crop_size=64",
+        "data.batch_size=4",
+        "data.eval_batch_size=4",
+        "data.test_crops=2",
+        "callbacks.rich_progress_bar=null",
+        "callbacks.model_summary=null",
+        # the nested pre-training is composed from its own overrides: make it a fast dev run too
+        "pretrain_dan.overrides=[" + ",".join(f'"{o}"' for o in PRETRAIN_FDR) + "]",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "srcc" in metrics["test"][metrics["train_db"]]
+    assert (run / "dan_pretrain" / "dan.pt").is_file()
+
+    split = _read_csv(run / "split.csv")
+    parts: dict[str, set[str]] = {"train": set(), "val": set(), "test": set()}
+    for row in split:
+        parts[row["part"]].add(Path(row["path"]).name)
+    assert parts["val"] and parts["test"] and len(parts["train"]) >= 30
+    used = _read_csv(run / "dan_pretrain" / "pretrain_images.csv")
+    seen = {Path(row["path"]).name for row in used}
+    assert seen, "the pre-training wrote no image list"
+    assert not seen & (parts["val"] | parts["test"]), "DAN pre-training saw a validation or test image"
+    assert seen == parts["train"]  # every training image, held-out k-NN images included, and nothing else
+
+
+def test_livec_table_rows_and_markdown(tmp_path):
+    from mfe_iqa.cli.livec_table import format_markdown, read_row, train_command, write_csv
+
+    run = tmp_path / "mfenet_tiny"
+    (run / "csv").mkdir(parents=True)
+    (run / "metrics.json").write_text(
+        json.dumps(
+            {"train_db": "livec", "val": {"srcc_best": 0.5}, "test": {"livec": {"srcc": 0.61, "plcc": 0.63}}}
+        )
+    )
+    (run / "csv" / "metrics.csv").write_text(
+        "epoch,step,val/srcc,train/loss\n0,5,0.1,\n0,5,,0.3\n1,10,0.5,\n"
+    )
+    full = read_row("mfenet_tiny", run, 4, 300.0, 0)
+    assert full["test_srcc"] == 0.61 and full["epochs"] == 2 and full["wall_min"] == 5.0
+    plain = read_row("plain", tmp_path / "absent", 4, 60.0, 1)
+    assert plain["status"].startswith("failed")
+    text = format_markdown([plain, full], split_index=0, budget_min=4, overrides=[])
+    assert "| mfenet_tiny | 0.610 | 0.630 | 0.500 | 2 | 4 |" in text and "split 0" in text
+    write_csv(tmp_path / "t.csv", [full], 0)
+    assert _read_csv(tmp_path / "t.csv")[0]["test_srcc"] == "0.61"
+    cmd = train_command("plain", run, 4, 3, ["data.short_side=192"])
+    assert cmd[3:] == [
+        "experiment=livec_cpu",
+        "model=plain",
+        "budget_min=4",
+        "split.index=3",
+        f"hydra.run.dir={run}",
+        "data.short_side=192",
+    ]
