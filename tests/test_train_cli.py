@@ -76,6 +76,7 @@ def test_one_epoch_writes_checkpoints_csv_wandb_and_the_results_table(tmp_path):
     resolved = yaml.safe_load((run / "config_resolved.yaml").read_text())
     assert resolved["data"]["num_refs"] == 3
     metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["train_db"], metrics["model"]) == ("demo", "mfenet_tiny")  # the config choices by name
     last = log.dropna(subset=["test/demo/srcc"]).iloc[-1]
     assert metrics["test"]["demo"]["srcc"] == pytest.approx(float(last["test/demo/srcc"]), abs=1e-6)
 

@@ -91,6 +91,18 @@ def instantiate_loggers(logger_cfg: DictConfig | None) -> list:
     return [instantiate(c) for c in logger_cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
+def hydra_choice(group: str, default: Any = None) -> Any:
+    """The option chosen for a config group in this run (e.g. ``data`` -> ``livec``), or ``default`` outside
+    a Hydra app. (``OmegaConf.select(cfg, "hydra:runtime.choices.data")`` is not a path and always gives the
+    default.)"""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return default
+    choice = HydraConfig.get().runtime.choices.get(group)
+    return default if choice is None else choice
+
+
 def save_resolved_config(cfg: DictConfig, output_dir: str | Path, name: str = "config_resolved.yaml") -> Path:
     """Write the fully resolved config of a run next to its results."""
     out = Path(output_dir)

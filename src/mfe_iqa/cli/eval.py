@@ -14,13 +14,14 @@ from typing import Any
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mfe_iqa.cli.common import (
     CONF_DIR,
     ConfigError,
     configure_runtime,
     exit_on_user_error,
+    hydra_choice,
     instantiate_loggers,
     print_metrics_table,
     save_resolved_config,
@@ -134,7 +135,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
         loader, items = _loader_and_items(dm, split)
         loaders.append(loader)
         item_lists.append(items)
-        labels.append(str(OmegaConf.select(cfg, "hydra:runtime.choices.data", default=None) or dm.info.name))
+        labels.append(str(hydra_choice("data") or dm.info.name))
     log.info("Evaluating %s on %s (%s)", ckpt_path, ", ".join(labels), split)
 
     system = IQATrainingModule(

@@ -15,6 +15,7 @@ from mfe_iqa.cli.common import (
     ConfigError,
     configure_runtime,
     exit_on_user_error,
+    hydra_choice,
     instantiate_callbacks,
     instantiate_loggers,
     log_hyperparameters,
@@ -156,7 +157,7 @@ def _test_loaders(cfg: DictConfig, datamodule) -> tuple[list, list[str]]:
     """The own test split first, then every cross-dataset set in full."""
     from hydra.utils import instantiate
 
-    own = OmegaConf.select(cfg, "hydra:runtime.choices.data", default=None) or datamodule.info.name
+    own = hydra_choice("data") or datamodule.info.name
     loaders, names = [datamodule.test_dataloader()], [str(own)]
     if cfg.get("test_sets"):
         from mfe_iqa.cli.common_data import compose_data_config
@@ -280,9 +281,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return metrics
     write_run_metrics(
         out,
-        train_db=str(OmegaConf.select(cfg, "hydra:runtime.choices.data", default=datamodule.info.name)),
+        train_db=str(hydra_choice("data", datamodule.info.name)),
         split_index=int(cfg.split.index),
-        model=str(OmegaConf.select(cfg, "hydra:runtime.choices.model", default="?")),
+        model=str(hydra_choice("model", "?")),
         experiment=str(cfg.experiment_name),
         metrics=metrics,
         test=test_rows,
