@@ -5,7 +5,7 @@ torchmetrics gathers them from all ranks, and groups them by ``index`` at ``comp
 are averaged into one prediction, and the duplicates that Lightning's ``DistributedSampler`` pads a val/test
 set with are counted once. Correlations are computed in float64 with ``torchmetrics.functional``.
 
-Conventions (documented in docs/readme/training.md):
+Conventions (documented in README "Multi-task IQA training"):
 - A correlation (SRCC, PLCC, KRCC, fitted PLCC) of constant predictions or constant targets is undefined;
   it is reported as 0.0 ("no association") with a ``UserWarning``, never NaN, so that checkpoint monitors
   and ``MaxMetric`` keep working. RMSE stays defined.

@@ -1,7 +1,7 @@
 """Image decoding to 8-bit RGB and the cheap integrity checks run on every image at set-up.
 
 Decoding uses OpenCV (``cv2.imread``), measured faster than PIL on this project's inputs (see
-docs/readme/data.md), with PIL as a fallback for formats OpenCV cannot read. Every mode becomes
+README "Data"), with PIL as a fallback for formats OpenCV cannot read. Every mode becomes
 (H, W, 3) uint8 RGB: grayscale is replicated, palette images are expanded, the alpha channel of
 RGBA / LA images is dropped (as PIL's ``convert("RGB")`` does), 16-bit images keep their 8 most
 significant bits, CMYK JPEGs are converted to RGB. EXIF orientation is ignored, as in the PIL-based
