@@ -82,3 +82,24 @@ def test_one_epoch_writes_checkpoints_csv_wandb_and_the_results_table(tmp_path):
 
     # the table printed at the end
     assert "Test results (cli_test)" in proc.stdout and "srcc" in proc.stdout
+
+
+def test_resumed_run_reuses_its_dan_pretraining(compose_cfg, tmp_path):
+    """A run resumed in its own dir does not pre-train DAN again: it loads the dan.pt already there."""
+    from mfe_iqa.cli.train import _maybe_pretrain_dan
+
+    cfg = compose_cfg("train", ["experiment=demo"])
+    done = tmp_path / "run" / "dan_pretrain" / "dan.pt"
+    done.parent.mkdir(parents=True)
+    done.write_bytes(b"")
+    _maybe_pretrain_dan(cfg, datamodule=None)  # would fail on None if it pre-trained
+    assert cfg.model.dan.pretrained_ckpt == str(done)
+
+
+def test_in_job_dan_pretraining_refuses_multi_process_runs(compose_cfg):
+    from mfe_iqa.cli.common import ConfigError
+    from mfe_iqa.cli.train import _maybe_pretrain_dan
+
+    cfg = compose_cfg("train", ["experiment=demo", "trainer=ddp_cpu"])
+    with pytest.raises(ConfigError, match="mfe-iqa-pretrain"):
+        _maybe_pretrain_dan(cfg, datamodule=None)

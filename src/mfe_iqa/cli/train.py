@@ -130,9 +130,15 @@ def _maybe_pretrain_dan(cfg: DictConfig, datamodule) -> None:
         )
     from hydra import compose
 
-    from mfe_iqa.cli.pretrain import run_pretraining
+    from mfe_iqa.cli.pretrain import DAN_FILE, run_pretraining
 
     out = Path(cfg.paths.output_dir) / "dan_pretrain"
+    done = out / DAN_FILE
+    if done.is_file():  # a resumed run (ckpt_path=last/auto in the same run dir): pre-trained already
+        log.info("DAN pre-training of this run dir already done: using %s", done)
+        with open_dict(cfg):
+            cfg.model.dan.pretrained_ckpt = str(done)
+        return
     overrides = list(pre.get("overrides") or [])
     overrides += [
         f"paths.output_dir={out}",
