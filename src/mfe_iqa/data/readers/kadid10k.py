@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from mfe_iqa.data.checks import BadItem
+from mfe_iqa.data.distortions import DISTORTION_NAMES
 from mfe_iqa.data.items import DatabaseInfo
 from mfe_iqa.data.readers.base import (
     CaseInsensitiveDir,
@@ -28,34 +29,8 @@ DOWNLOAD = (
     "Download it from http://database.mmsp-kn.de/kadid-10k-database.html and unpack kadid10k/ "
     "(images/, dmos.csv)."
 )
-# The 25 KADID-10k distortion types, 0-based, in KADID order (same order as the distortion bank).
-DIST_TYPE_NAMES = (
-    "gaussian_blur",
-    "lens_blur",
-    "motion_blur",
-    "color_diffusion",
-    "color_shift",
-    "color_quantization",
-    "color_saturation_1",
-    "color_saturation_2",
-    "jpeg2000",
-    "jpeg",
-    "white_noise",
-    "white_noise_color_component",
-    "impulse_noise",
-    "multiplicative_noise",
-    "denoise",
-    "brighten",
-    "darken",
-    "mean_shift",
-    "jitter",
-    "non_eccentricity_patch",
-    "pixelate",
-    "quantization",
-    "color_block",
-    "high_sharpen",
-    "contrast_change",
-)
+# The 25 KADID-10k distortion types, 0-based, in KADID order: the distortion bank is built in that order.
+DIST_TYPE_NAMES = DISTORTION_NAMES
 COLUMNS = ("dist_img", "ref_img", "dmos")
 FILE_NAME = re.compile(r"^(?P<ref>I\d+)_(?P<type>\d+)_(?P<level>\d+)\.\w+$", re.IGNORECASE)
 
