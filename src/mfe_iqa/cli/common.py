@@ -91,6 +91,27 @@ def instantiate_loggers(logger_cfg: DictConfig | None) -> list:
     return [instantiate(c) for c in logger_cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
+def run_for_sweeper(task: Callable[[DictConfig], Mapping[str, Any]], cfg: DictConfig) -> float | None:
+    """Run ``task`` and return ``cfg.optimized_metric`` from its result (what Optuna maximizes).
+
+    With ``on_failure: nan`` a failing job logs the error and returns NaN, so a basic sweep goes on past it.
+    (On the command line ``on_failure=nan`` arrives as the float NaN, in a file as the string "nan".)
+    """
+    try:
+        result = task(cfg)
+    except Exception:
+        if str(cfg.get("on_failure")).lower() == "nan":
+            log.error("This job failed; returning NaN so that the sweep records it as failed and continues")
+            return float("nan")
+        raise
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name not in result:
+        raise ConfigError(f"optimized_metric='{name}' was not logged by this run; logged: {sorted(result)}")
+    return float(result[name])
+
+
 def hydra_choice(group: str, default: Any = None) -> Any:
     """The option chosen for a config group in this run (e.g. ``data`` -> ``livec``), or ``default`` outside
     a Hydra app. (``OmegaConf.select(cfg, "hydra:runtime.choices.data")`` is not a path and always gives the

@@ -15,13 +15,13 @@ from omegaconf import DictConfig
 
 from mfe_iqa.cli.common import (
     CONF_DIR,
-    ConfigError,
     configure_runtime,
     exit_on_user_error,
     instantiate_callbacks,
     instantiate_loggers,
     log_hyperparameters,
     print_metrics_table,
+    run_for_sweeper,
     save_resolved_config,
     task_wrapper,
     write_json,
@@ -125,19 +125,7 @@ def run_pretraining(cfg: DictConfig) -> Path:
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
     """Console entry: returns the optimized metric (k-NN distortion-type accuracy) for sweepers."""
-    try:
-        result = pretrain(cfg)
-    except Exception:
-        if cfg.get("on_failure") == "nan":
-            log.error("This job failed; returning NaN so that the sweep records it as failed and continues")
-            return float("nan")
-        raise
-    name = cfg.get("optimized_metric")
-    if not name:
-        return None
-    if name not in result:
-        raise ConfigError(f"optimized_metric='{name}' was not logged by this run; logged: {sorted(result)}")
-    return float(result[name])
+    return run_for_sweeper(pretrain, cfg)
 
 
 if __name__ == "__main__":

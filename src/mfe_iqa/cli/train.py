@@ -20,6 +20,7 @@ from mfe_iqa.cli.common import (
     instantiate_loggers,
     log_hyperparameters,
     print_metrics_table,
+    run_for_sweeper,
     save_resolved_config,
     task_wrapper,
 )
@@ -300,23 +301,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
-    """Console entry: returns the optimized metric (best val SRCC) for the Optuna sweeper."""
-    try:
-        metrics = train(cfg)
-    except Exception:
-        # `on_failure=nan` on the command line arrives as the float NaN, in a file as the string "nan"
-        if str(cfg.get("on_failure")).lower() == "nan":  # a basic sweep goes on past this job
-            log.error("This job failed; returning NaN so that the sweep records it as failed and continues")
-            return float("nan")
-        raise
-    name = cfg.get("optimized_metric")
-    if not name:
-        return None
-    if name not in metrics:
-        raise ConfigError(
-            f"optimized_metric='{name}' was not logged by this run; logged metrics: {sorted(metrics)}"
-        )
-    return float(metrics[name])
+    """Console entry: returns the optimized metric (best val SRCC) for sweepers."""
+    return run_for_sweeper(train, cfg)
 
 
 if __name__ == "__main__":
