@@ -89,6 +89,8 @@ def test_shape_and_dtype_preserved_on_any_size(shape):
         for level in (1, NUM_LEVELS):
             out = apply_distortion(img, t, level, rng=0)
             assert out.shape == img.shape and out.dtype == np.uint8, (DISTORTION_NAMES[t], shape)
+            # PIL-backed types returned read-only views once: torch warned and in-place users broke
+            assert out.flags.writeable and out.flags.c_contiguous, (DISTORTION_NAMES[t], shape)
 
 
 def test_same_seed_same_output_and_input_untouched(natural_images):

@@ -412,8 +412,11 @@ def apply_distortion(
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     name = DISTORTION_NAMES[int(type_index)]
-    out = _FUNCS[int(type_index)](np.ascontiguousarray(image), LEVELS[name][int(level) - 1], rng)
-    return np.ascontiguousarray(out, dtype=np.uint8)
+    out = np.ascontiguousarray(
+        _FUNCS[int(type_index)](np.ascontiguousarray(image), LEVELS[name][int(level) - 1], rng), dtype=np.uint8
+    )
+    # PIL-backed types (JPEG2000, colour quantization) hand back read-only buffers: callers own the output
+    return out if out.flags.writeable else out.copy()
 
 
 def benchmark(size: int = 256, repeats: int = 10, seed: int = 0) -> dict[str, float]:
