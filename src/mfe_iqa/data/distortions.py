@@ -413,7 +413,8 @@ def apply_distortion(
         rng = np.random.default_rng(rng)
     name = DISTORTION_NAMES[int(type_index)]
     out = np.ascontiguousarray(
-        _FUNCS[int(type_index)](np.ascontiguousarray(image), LEVELS[name][int(level) - 1], rng), dtype=np.uint8
+        _FUNCS[int(type_index)](np.ascontiguousarray(image), LEVELS[name][int(level) - 1], rng),
+        dtype=np.uint8,
     )
     # PIL-backed types (JPEG2000, colour quantization) hand back read-only buffers: callers own the output
     return out if out.flags.writeable else out.copy()
