@@ -8,7 +8,14 @@ import pytest
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio
 
-from mfe_iqa.data.distortions import DISTORTION_NAMES, LEVELS, NUM_LEVELS, apply_distortion
+from mfe_iqa.data.distortions import (
+    CHROMA_ONLY_TYPES,
+    DISTORTION_NAMES,
+    LEVELS,
+    NUM_LEVELS,
+    apply_distortion,
+    is_gray,
+)
 
 KADID_ORDER = [
     "gaussian_blur",
@@ -118,3 +125,36 @@ def test_bad_input_is_refused_clearly():
         apply_distortion(img, 25, 1)
     with pytest.raises(ValueError, match="level"):
         apply_distortion(img, 0, 0)
+
+
+def test_chroma_only_types_are_exactly_those_that_leave_gray_images_unchanged():
+    """A gray photograph (R = G = B) is untouched by the chroma-only types at every level (within one grey
+    level of rounding) and visibly changed by every other type at level 5; a colour one is changed by all."""
+    gray = np.repeat(cv2.resize(data.camera(), (96, 96), interpolation=cv2.INTER_AREA)[..., None], 3, axis=2)
+    colour = cv2.resize(data.astronaut(), (96, 96), interpolation=cv2.INTER_AREA)
+    assert is_gray(gray) and not is_gray(colour)
+    for t, name in enumerate(DISTORTION_NAMES):
+        if name in CHROMA_ONLY_TYPES:
+            for level in range(1, NUM_LEVELS + 1):
+                out = apply_distortion(gray, t, level, 0).astype(int)
+                assert np.abs(out - gray).max() <= 2, f"{name} level {level} changed a gray image"
+                assert np.abs(out - gray).mean() < 0.5
+        else:
+            out = apply_distortion(gray, t, NUM_LEVELS, 0).astype(int)
+            assert np.abs(out - gray).mean() > 0.5, (
+                f"{name} leaves a gray image unchanged: list it as chroma-only"
+            )
+        assert np.abs(apply_distortion(colour, t, NUM_LEVELS, 0).astype(int) - colour).mean() > 0.5, name
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (96, 128), (384, 512)])
+def test_non_eccentricity_patch_covers_kadids_area_fraction_at_any_size(shape):
+    """Level p moves p patches of 16 px on KADID's 512x384 images: p * 256 / 196608 of the area. Any image
+    size keeps that fraction (at most it, as patches may overlap; at least half of it on a textured image)."""
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8)  # texture: every moved patch differs
+    t = DISTORTION_NAMES.index("non_eccentricity_patch")
+    for level, p in enumerate(LEVELS["non_eccentricity_patch"], start=1):
+        changed = (apply_distortion(img, t, level, 0) != img).any(axis=2).mean()
+        target = p * 16 * 16 / (512 * 384)
+        assert 0.5 * target <= changed <= 1.25 * target, (shape, level, changed, target)

@@ -47,6 +47,21 @@ DISTORTION_NAMES: tuple[str, ...] = (
     "contrast_change",
 )
 NUM_LEVELS = 5
+# Types that act on chroma alone (Lab a*, b* or HSV saturation): on an image without chroma (every pixel
+# R = G = B) they change nothing, so the (image, type) pair is no distortion at all and pre-training
+# leaves it out. The other 22 types change a gray image too (tests/test_distortions.py checks both).
+CHROMA_ONLY_TYPES: tuple[str, ...] = ("color_diffusion", "color_saturation_1", "color_saturation_2")
+# Largest |R - G| or |G - B| of an image still counted as gray (JPEG chroma subsampling leaves a level or two).
+GRAY_TOLERANCE = 2
+
+
+def is_gray(img: np.ndarray, tolerance: int = GRAY_TOLERANCE) -> bool:
+    """True when the uint8 RGB image (H, W, 3) has no chroma: every pixel has |R - G|, |G - B| <= tolerance."""
+    x = img.astype(np.int16)
+    return bool(
+        np.abs(x[..., 0] - x[..., 1]).max() <= tolerance and np.abs(x[..., 1] - x[..., 2]).max() <= tolerance
+    )
+
 
 # Per-type level parameters, mildest first. Every number here is the strength of one level.
 LEVELS: dict[str, tuple[float, ...]] = {
@@ -114,8 +129,7 @@ def _gaussian(x: np.ndarray, sigma: float) -> np.ndarray:
     return out[r : r + x.shape[0], r : r + x.shape[1]]
 
 
-def _box_count(h: int, w: int, per_512x384: float) -> int:
-    return max(1, int(round(per_512x384 * h * w / (512 * 384))))
+_KADID_PATCH_AREA = 16 * 16  # pixels of one non-eccentricity patch on a 512x384 image (384 / 24)
 
 
 # ---------------------------------------------------------------------------------------------------- types
@@ -285,13 +299,22 @@ def _jitter(img: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
 
 
 def _non_eccentricity_patch(img: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
-    """Copy small patches (1/24 of the short side) one patch-width away; the count scales with the area."""
+    """Copy small patches (1/24 of the short side) one patch-width away, covering KADID's area fraction.
+
+    ``p`` patches of 16 px (384 / 24) on a 512x384 image; on other sizes the count keeps the fraction of
+    the image the patches cover (``p`` x 16^2 / (512 x 384)), so a 64-px region is as distorted as a
+    full image (a count scaled by area alone would leave it a pixel or two of change).
+    """
     h, w = img.shape[:2]
     size = max(1, int(round(min(h, w) / 24)))
     levels = LEVELS["non_eccentricity_patch"]
-    # The count grows with the level even on tiny images where the area-scaled counts would tie.
-    n = _box_count(h, w, p) + levels.index(p)
-    n_max = _box_count(h, w, levels[-1]) + len(levels) - 1
+
+    def count(q: float) -> int:
+        return max(1, int(round(q * _KADID_PATCH_AREA * h * w / (512 * 384 * size * size))))
+
+    # The count grows with the level even on tiny images where the scaled counts would tie.
+    n = count(p) + levels.index(p)
+    n_max = count(levels[-1]) + len(levels) - 1
     # Draw the patches of the strongest level and use the first n: levels are nested, so severity grows.
     ys = rng.integers(0, max(1, h - size + 1), size=n_max)
     xs = rng.integers(0, max(1, w - size + 1), size=n_max)
