@@ -12,7 +12,7 @@ import pytest
 import torch
 from skimage import data
 
-from mfe_iqa.data.distortions import DISTORTION_NAMES, apply_distortion
+from mfe_iqa.data.distortions import CHROMA_ONLY_TYPES, DISTORTION_NAMES, apply_distortion
 from mfe_iqa.data.pretrain import (
     NUM_SYNTHETIC_CLASSES,
     POOL_AUTHENTIC,
@@ -21,6 +21,7 @@ from mfe_iqa.data.pretrain import (
     PretrainBatchDataset,
     PretrainDataError,
     PretrainDataModule,
+    chroma_only_classes,
     class_index,
     class_list,
     class_type_level,
@@ -239,3 +240,104 @@ def test_knn_set_has_held_out_queries_and_a_training_bank(pristine_folder):
     first = batch["image"][:n_cls]
     assert not torch.equal(first, batch["image"][n_cls : 2 * n_cls])
     torch.testing.assert_close(next(iter(dm.val_dataloader()))["image"], batch["image"])
+
+
+def _write_gray(folder: Path, names=("camera", "moon"), size=(72, 56)) -> list[str]:
+    paths = []
+    for name in names:
+        img = cv2.resize(getattr(data, name)(), size, interpolation=cv2.INTER_AREA)
+        path = folder / f"{name}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(np.repeat(img[..., None], 3, axis=2), cv2.COLOR_RGB2BGR))
+        paths.append(str(path))
+    return paths
+
+
+def test_sampler_draws_chroma_only_classes_from_colour_images_alone():
+    chroma = chroma_only_classes(class_list(range(25)))
+    # the three chroma-only types at five levels, by name from the bank
+    assert sorted({DISTORTION_NAMES[class_type_level(c)[0]] for c in chroma}) == sorted(CHROMA_ONLY_TYPES)
+    assert len(chroma) == 3 * 5
+    colour = [0, 2, 5]
+    sampler = ClassBalancedBatchSampler(
+        8, class_list(range(25)), 64, samples_per_class=4, steps_per_epoch=60, colour_images=colour,
+        chroma_only=chroma,
+    )  # fmt: skip
+    used_by = {True: Counter(), False: Counter()}
+    for spec in sampler:
+        for _, image, cls, _ in spec:
+            used_by[cls in chroma][image] += 1
+    assert used_by[True] and set(used_by[True]) <= set(colour)  # never a gray image
+    assert set(used_by[False]) == set(range(8))  # every other class still uses every image
+    with pytest.raises(PretrainDataError, match="none of the 4 training images has colour"):
+        ClassBalancedBatchSampler(4, class_list(range(25)), 16, colour_images=[], chroma_only=chroma)
+    # no chroma-only class drawn: no colour needed
+    ClassBalancedBatchSampler(4, class_list([9]), 16, colour_images=[], chroma_only=chroma)
+
+
+def test_gray_images_leave_chroma_only_classes_out_of_the_knn_set(tmp_path, pristine_folder):
+    gray_paths = _write_gray(pristine_folder)
+    types = ["jpeg", "color_saturation_1"]
+    kwargs = dict(
+        folders=[str(pristine_folder)], num_val_images=3, types=types, crop_size=16, batch_size=12,
+        steps_per_epoch=1, val_crops=2, bank_crops=1, val_view="region", eval_batch_size=1000,
+        output_dir=str(tmp_path / "run"),
+    )  # fmt: skip
+    dm = PretrainDataModule(**kwargs)
+    dm.setup("fit")
+    assert {p for p, g in dm.gray.items() if g} == set(gray_paths) and len(dm.gray) == 8
+    n_gray_val = sum(p in gray_paths for p in dm.val_paths)
+    n_gray_bank = sum(p in gray_paths for p in dm.bank_paths)
+    assert n_gray_val + n_gray_bank == 2
+    batch = next(iter(dm.val_dataloader()))
+    # 11 classes (pristine + 2 x 5); gray images lose the 5 saturation classes of each of their regions
+    expected = 3 * 2 * 11 + 5 * 1 * 11 - 5 * (2 * n_gray_val + 1 * n_gray_bank)
+    assert len(batch["label"]) == expected
+    sat = DISTORTION_NAMES.index("color_saturation_1")
+    gray_content = [i for i, p in enumerate(dm.val_paths + dm.bank_paths) if p in gray_paths]
+    rows = torch.isin(batch["content"], torch.tensor(gray_content))
+    assert not (batch["dist_type"][rows] == sat).any() and (batch["dist_type"][~rows] == sat).any()
+    with open(tmp_path / "run" / "pretrain_images.csv") as f:
+        flags = {r["path"]: r["gray"] for r in csv.DictReader(f)}
+    assert flags == {p: ("1" if p in gray_paths else "0") for p in dm.train_paths + dm.val_paths}
+    # check_gray=false (large colour pools): nothing decoded at setup, every item kept
+    dm = PretrainDataModule(**{**kwargs, "check_gray": False})
+    dm.setup("fit")
+    assert dm.gray == {} and len(dm.val_dataset()) == 3 * 2 * 11 + 5 * 1 * 11
+
+
+def _ramp_image(tmp_path: Path) -> str:
+    """256 x 256 RGB with R = column, G = row: every pixel's place is readable from its colour."""
+    yy, xx = np.mgrid[0:256, 0:256]
+    img = np.stack([xx, yy, np.full_like(xx, 128)], axis=2).astype(np.uint8)
+    path = tmp_path / "ramp.png"
+    cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    return str(path)
+
+
+def _full_view_gradients(ds: PretrainBatchDataset, seed: int) -> tuple[float, float]:
+    """Mean (d/dx, d/dy) of the R channel (the column ramp) of the full-scale view, in grey levels."""
+    full = ds.views(0, 0, PRISTINE_CLASS, seed)[0, 0].numpy() * 255.0  # (c, c) red channel
+    return float(np.diff(full, axis=1).mean()), float(np.diff(full, axis=0).mean())
+
+
+def test_min_scale_reduces_a_larger_window_before_distortion(tmp_path):
+    path = _ramp_image(tmp_path)
+    plain = PretrainBatchDataset([path], [], crop_size=16, hflip=False)
+    assert all(_full_view_gradients(plain, s) == pytest.approx((1.0, 0.0), abs=1e-4) for s in range(10))
+    # a window of 32 / s pixels reduced to 32: the column ramp climbs 1 / s grey levels per pixel
+    scaled = PretrainBatchDataset([path], [], crop_size=16, hflip=False, min_scale=0.5)
+    slopes = [_full_view_gradients(scaled, s)[0] for s in range(60)]
+    assert min(slopes) >= 1.0 - 0.05 and max(slopes) <= 2.0 + 0.05
+    assert min(slopes) < 1.2 and max(slopes) > 1.8  # the whole range [1, 2] is drawn
+    with pytest.raises(PretrainDataError, match="min_scale must be in"):
+        PretrainDataModule(min_scale=0.0)
+
+
+def test_rotate_turns_the_region_by_multiples_of_90_degrees(tmp_path):
+    ds = PretrainBatchDataset([_ramp_image(tmp_path)], [], crop_size=16, hflip=False, rotate=True)
+    seen = Counter()
+    for s in range(40):
+        gx, gy = (round(g, 3) for g in _full_view_gradients(ds, s))
+        seen[(gx, gy)] += 1
+    # the column ramp runs right (0), up (90), left (180) or down (270 degrees), nothing else
+    assert set(seen) == {(1.0, 0.0), (0.0, -1.0), (-1.0, 0.0), (0.0, 1.0)}

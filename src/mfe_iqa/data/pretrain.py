@@ -29,7 +29,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mfe_iqa.data.distortions import DISTORTION_NAMES, NUM_LEVELS, apply_distortion
+from mfe_iqa.data.distortions import (
+    CHROMA_ONLY_TYPES,
+    DISTORTION_NAMES,
+    NUM_LEVELS,
+    apply_distortion,
+    is_gray,
+)
 from mfe_iqa.data.images import IMAGE_SUFFIXES, load_rgb
 from mfe_iqa.errors import UserError
 
@@ -86,6 +92,12 @@ def class_list(types: Sequence[int], include_pristine: bool = True) -> list[int]
     return classes + [class_index(t, lv) for t in types for lv in range(1, NUM_LEVELS + 1)]
 
 
+def chroma_only_classes(classes: Sequence[int]) -> list[int]:
+    """The classes of ``classes`` whose type acts on chroma alone (no distortion on a gray image)."""
+    chroma = {DISTORTION_NAMES.index(n) for n in CHROMA_ONLY_TYPES}
+    return [c for c in classes if class_type_level(c)[0] in chroma]
+
+
 def list_images(folders: Sequence[str | os.PathLike]) -> list[str]:
     """Every image file under the folders (recursive, sorted), with a clear error for a missing/empty folder."""
     paths: list[str] = []
@@ -111,6 +123,9 @@ class ClassBalancedBatchSampler(Sampler[list[ItemSpec]]):
     classes (the remainder goes to the first classes, so none has fewer); the images of one class are
     distinct while the pool allows. Authentic items are their own class (their two views are the
     positives). Batches depend only on (seed, epoch, rank, step): each DDP rank draws its own.
+    ``colour_images``: the indices of the images with chroma (None: all); the ``chroma_only`` classes draw
+    their images from those alone, since on a gray image their distortion changes nothing (with fewer
+    colour images than ``samples_per_class`` their contents repeat, as any class does on a small pool).
     """
 
     def __init__(
@@ -125,6 +140,8 @@ class ClassBalancedBatchSampler(Sampler[list[ItemSpec]]):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        colour_images: Sequence[int] | None = None,
+        chroma_only: Sequence[int] = (),
     ) -> None:
         if samples_per_class < 2:
             raise PretrainDataError(
@@ -147,6 +164,18 @@ class ClassBalancedBatchSampler(Sampler[list[ItemSpec]]):
         if not classes:
             raise PretrainDataError(
                 "no synthetic class to draw: give distortion types or include_pristine=true."
+            )
+        self.colour_images = (
+            np.arange(num_images)
+            if colour_images is None
+            else np.asarray(sorted(colour_images), dtype=np.int64)
+        )
+        self.chroma_only = set(int(c) for c in chroma_only) & set(int(c) for c in classes)
+        if self.chroma_only and len(self.colour_images) == 0:
+            names = sorted({DISTORTION_NAMES[class_type_level(c)[0]] for c in self.chroma_only})
+            raise PretrainDataError(
+                f"none of the {num_images} training images has colour, but the chroma-only types {names} change "
+                "nothing on gray images: add colour images or leave those types out with pretrain_data.types."
             )
         self.num_images = int(num_images)
         self.classes = list(classes)
@@ -181,9 +210,11 @@ class ClassBalancedBatchSampler(Sampler[list[ItemSpec]]):
         items: list[ItemSpec] = []
         for ci, size in zip(drawn, sizes):
             # Repeated permutations: distinct contents first, repeats only when the class outgrows the pool.
-            reps = -(-int(size) // self.num_images)
-            images = np.concatenate([rng.permutation(self.num_images) for _ in range(reps)])[: int(size)]
-            items += [(POOL_PRISTINE, int(i), self.classes[ci], 0) for i in images]
+            cls = self.classes[ci]
+            pool = self.colour_images if cls in self.chroma_only else np.arange(self.num_images)
+            reps = -(-int(size) // len(pool))
+            images = np.concatenate([rng.permutation(pool) for _ in range(reps)])[: int(size)]
+            items += [(POOL_PRISTINE, int(i), cls, 0) for i in images]
         if self.authentic_per_batch:
             auth = rng.choice(
                 self.num_authentic,
@@ -245,10 +276,16 @@ class PretrainBatchDataset(Dataset):
         short_side: int | None = None,
         hflip: bool = True,
         cache_images: bool = True,
+        rotate: bool = False,
+        min_scale: float = 1.0,
     ) -> None:
+        if not 0.0 < float(min_scale) <= 1.0:
+            raise PretrainDataError(f"pretrain_data.min_scale must be in (0, 1], got {min_scale}")
         self.crop_size = int(crop_size)
         self.region = 2 * self.crop_size
         self.hflip = hflip
+        self.rotate = bool(rotate)
+        self.min_scale = float(min_scale)
         self.pools = (
             _ImagePool(pristine, short_side, self.region, cache_images),
             _ImagePool(authentic, short_side, self.region, cache_images),
@@ -258,13 +295,26 @@ class PretrainBatchDataset(Dataset):
         return len(self.pools[0].paths)
 
     def views(self, pool: int, index: int, cls: int, seed: int) -> torch.Tensor:
-        """Two views (2, 3, c, c): a full-scale crop and the half-scale region, of one distorted region."""
+        """Two views (2, 3, c, c): a full-scale crop and the half-scale region, of one distorted region.
+
+        Content augmentation (before the distortion, so it never alters one): with ``min_scale < 1`` the
+        pristine region is a window of r / s pixels (s uniform in [min_scale, 1]) area-reduced to r x r,
+        a new content scale; with ``rotate`` it is turned by a random multiple of 90 degrees.
+        """
         rng = np.random.default_rng(seed)
         img = self.pools[pool].get(index)
         h, w = img.shape[:2]
         r, c = self.region, self.crop_size
-        y, x = int(rng.integers(0, h - r + 1)), int(rng.integers(0, w - r + 1))
-        region = _distort(img[y : y + r, x : x + r], cls, rng)  # (2c, 2c, 3) uint8
+        src = r
+        if self.min_scale < 1.0:
+            src = min(h, w, int(round(r / rng.uniform(self.min_scale, 1.0))))
+        y, x = int(rng.integers(0, h - src + 1)), int(rng.integers(0, w - src + 1))
+        pristine = img[y : y + src, x : x + src]
+        if src != r:
+            pristine = cv2.resize(pristine, (r, r), interpolation=cv2.INTER_AREA)
+        if self.rotate:
+            pristine = np.rot90(pristine, int(rng.integers(0, 4)))
+        region = _distort(np.ascontiguousarray(pristine), cls, rng)  # (2c, 2c, 3) uint8
         vy, vx = int(rng.integers(0, r - c + 1)), int(rng.integers(0, r - c + 1))
         full = region[vy : vy + c, vx : vx + c]
         half = cv2.resize(region, (c, c), interpolation=cv2.INTER_AREA)
@@ -298,7 +348,8 @@ class PretrainValDataset(Dataset):
     ``view="region"`` the whole 2c x 2c region (same scale, more pixels: steadier pooled statistics).
     Items carry ``is_bank`` and ``content`` (query image i -> i, bank image j -> len(paths) + j). The bank's
     distortions are drawn with other seeds than training ever uses; bank images are training contents,
-    queries never are.
+    queries never are. ``gray`` (one flag per query, then per bank image): gray images leave out the
+    ``chroma_only`` classes (no distortion on them); ``skipped`` counts those (image, region, class) items.
     """
 
     def __init__(
@@ -313,6 +364,8 @@ class PretrainValDataset(Dataset):
         crops: int = 1,
         bank_crops: int = 0,
         view: str = "crop",
+        gray: Sequence[bool] | None = None,
+        chroma_only: Sequence[int] = (),
     ) -> None:
         if view not in ("crop", "region"):
             raise PretrainDataError(f"pretrain_data.val_view must be 'crop' or 'region', got '{view}'")
@@ -327,14 +380,21 @@ class PretrainValDataset(Dataset):
             2 * self.crop_size,
             cache_images,
         )
-        self.items = [(i, p, c) for i in range(len(paths)) for p in range(crops) for c in classes]
+        items = [(i, p, c) for i in range(len(paths)) for p in range(crops) for c in classes]
         if bank_crops:
-            self.items += [
+            items += [
                 (len(paths) + j, p, c)
                 for j in range(len(bank_paths))
                 for p in range(bank_crops)
                 for c in classes
             ]
+        n_images = len(paths) + (len(bank_paths) if bank_crops else 0)
+        gray_flags = [False] * n_images if gray is None else [bool(g) for g in gray][:n_images]
+        if len(gray_flags) != n_images:
+            raise ValueError(f"gray has {len(gray_flags)} flags for {n_images} images")
+        no_op = set(int(c) for c in chroma_only)
+        self.items = [(i, p, c) for i, p, c in items if not (gray_flags[i] and c in no_op)]
+        self.skipped = len(items) - len(self.items)
         self.seed = int(seed)
 
     def __len__(self) -> int:
@@ -397,12 +457,15 @@ class PretrainDataModule(L.LightningDataModule):
         eval_batch_size: int = 128,
         short_side: int | None = None,
         hflip: bool = True,
+        rotate: bool = False,
+        min_scale: float = 1.0,
         cache_images: bool = True,
         num_workers: int = 0,
         persistent_workers: bool = False,
         pin_memory: bool = False,
         seed: int = 0,
         output_dir: str | None = None,
+        check_gray: bool = True,
     ) -> None:
         super().__init__()
         self.folders = list(folders or [])
@@ -426,12 +489,19 @@ class PretrainDataModule(L.LightningDataModule):
         self.eval_batch_size = int(eval_batch_size)
         self.short_side = short_side
         self.hflip = hflip
+        self.rotate = bool(rotate)
+        self.min_scale = float(min_scale)
+        if not 0.0 < self.min_scale <= 1.0:
+            raise PretrainDataError(f"pretrain_data.min_scale must be in (0, 1], got {min_scale}")
         self.cache_images = cache_images
         self.num_workers = int(num_workers)
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
         self.pin_memory = pin_memory
         self.seed = int(seed)
         self.output_dir = output_dir
+        self.check_gray = bool(check_gray)
+        self.gray: dict[str, bool] = {}  # path -> no chroma (filled at setup when check_gray)
+        self.chroma_only = chroma_only_classes(self.classes)
         self.train_paths: list[str] = []
         self.val_paths: list[str] = []
         self.authentic_paths: list[str] = []
@@ -477,6 +547,18 @@ class PretrainDataModule(L.LightningDataModule):
         rank, world = 0, 1
         if self.trainer is not None:
             rank, world = self.trainer.global_rank, self.trainer.world_size
+        if self.check_gray and self.chroma_only:
+            self.gray = {p: is_gray(load_rgb(p, short_side=self.short_side)) for p in pool}
+            n_gray = sum(self.gray.values())
+            if n_gray:
+                log.info(
+                    "DAN pre-training: %d of %d pristine images are gray: the chroma-only types (%s) are drawn "
+                    "from the colour images only and left out of the gray images' k-NN rows",
+                    n_gray,
+                    len(pool),
+                    ", ".join(CHROMA_ONLY_TYPES),
+                )
+        colour = [i for i, p in enumerate(self.train_paths) if not self.gray.get(p, False)]
         self.sampler = ClassBalancedBatchSampler(
             num_images=len(self.train_paths),
             classes=self.classes,
@@ -488,6 +570,8 @@ class PretrainDataModule(L.LightningDataModule):
             seed=self.seed,
             rank=rank,
             world_size=world,
+            colour_images=colour,
+            chroma_only=self.chroma_only,
         )
         log.info(
             "DAN pre-training images: %d train, %d held out for k-NN, %d authentic; %d classes",
@@ -517,13 +601,16 @@ class PretrainDataModule(L.LightningDataModule):
         }
 
     def write_image_list(self, path: Path) -> Path:
-        """``role,path`` for every file used (train / val / authentic), for the record."""
+        """``role,path,gray`` for every file used (train / val / authentic), for the record.
+
+        ``gray``: 1 = no chroma (the chroma-only types are not applied to it), 0 = colour, empty = not checked.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["role", "path"])
+            w.writerow(["role", "path", "gray"])
             for role, paths in self.used_images.items():
-                w.writerows([role, p] for p in paths)
+                w.writerows([role, p, "" if p not in self.gray else int(self.gray[p])] for p in paths)
         return path
 
     def train_dataloader(self) -> DataLoader:
@@ -534,6 +621,8 @@ class PretrainDataModule(L.LightningDataModule):
             self.short_side,
             self.hflip,
             self.cache_images,
+            rotate=self.rotate,
+            min_scale=self.min_scale,
         )
         return DataLoader(
             dataset,
@@ -544,7 +633,9 @@ class PretrainDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
         )
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataset(self) -> PretrainValDataset:
+        """The fixed k-NN set (queries: the held-out images; bank: distorted training images)."""
+        bank = self.bank_paths
         dataset = PretrainValDataset(
             self.val_paths,
             self.classes,
@@ -552,13 +643,24 @@ class PretrainDataModule(L.LightningDataModule):
             self.short_side,
             self.seed,
             self.cache_images,
-            bank_paths=self.bank_paths,
+            bank_paths=bank,
             crops=self.val_crops,
             bank_crops=self.bank_crops,
             view=self.val_view,
+            gray=[self.gray.get(p, False) for p in self.val_paths + bank],
+            chroma_only=self.chroma_only,
         )
+        if dataset.skipped:
+            log.info(
+                "k-NN set: %d (gray image, chroma-only class) items left out, %d kept",
+                dataset.skipped,
+                len(dataset),
+            )
+        return dataset
+
+    def val_dataloader(self) -> DataLoader:
         return DataLoader(
-            dataset,
+            self.val_dataset(),
             batch_size=self.eval_batch_size,
             shuffle=False,
             num_workers=self.num_workers,
