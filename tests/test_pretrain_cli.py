@@ -28,7 +28,7 @@ def _tiny_overrides(tmp_path) -> list[str]:
         "pretrain_data.batch_size=8",
         "pretrain_data.steps_per_epoch=2",
         "pretrain_system.projection_dim=16",
-        "trainer.max_epochs=1",
+        "trainer.max_epochs=2",
         "trainer.log_every_n_steps=1",
         "trainer.accelerator=cpu",
         "logger=csv",
@@ -56,6 +56,11 @@ def test_pretrain_writes_a_dan_that_loads_into_dan_and_mfenet(compose_cfg, tmp_p
     assert metrics["images"] == {"train": 2, "val": 2, "authentic": 0}
     printed = capsys.readouterr().out
     assert "k-NN distortion-type accuracy on 2 held-out images: " in printed and "(chance 50.0%)" in printed
+    # beside the selected checkpoint's figure, the last epoch's, as the CSV logger recorded it
+    with open(out / "csv" / "metrics.csv") as f:
+        logged = [float(r["val/knn_type_acc"]) for r in csv.DictReader(f) if r.get("val/knn_type_acc")]
+    assert len(logged) == 2 and metrics["last_epoch"]["val/knn_type_acc"] == pytest.approx(logged[-1])
+    assert f"the last epoch's type accuracy: {100 * logged[-1]:.1f}%" in printed
     assert f"{100 * metrics['val/knn_type_acc']:.1f}%" in printed  # 2 types; (type, level): 10 classes
     ckpt = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=False)
     assert ckpt["mfe_iqa_dan"] == {"backbone": "resnet10t"}

@@ -57,6 +57,9 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     log_hyperparameters(cfg, loggers, {"model/params_dan": sum(p.numel() for p in system.dan.parameters())})
 
     trainer.fit(system, datamodule=datamodule)
+    # The last epoch's k-NN, before the selected checkpoint is validated again: it was not chosen on the
+    # held-out images, so it is the unbiased figure beside the selected one (empty under ddp_spawn).
+    last_epoch = {k: float(v) for k, v in system.last_knn.items()}
 
     # The final k-NN runs once, on one device, without loggers: every rank would compute the same value,
     # and a DDP (spawn) trainer's loggers are not reusable after fit.
@@ -99,6 +102,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
                 "num_types": len(datamodule.types),
                 "of_types": NUM_TYPES,
                 "images": {k: len(v) for k, v in datamodule.used_images.items()},
+                "last_epoch": last_epoch,
             },
         )
         print_metrics_table(
@@ -110,7 +114,12 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
             f"k-NN distortion-type accuracy on {len(datamodule.val_paths)} held-out images: "
             f"{100 * metrics.get('val/knn_type_acc', float('nan')):.1f}% (chance {100 / max(1, n_types):.1f}%); "
             f"(type, level) accuracy: {100 * metrics.get('val/knn_class_acc', float('nan')):.1f}% "
-            f"(chance {100 / max(1, n_classes):.1f}%)",
+            f"(chance {100 / max(1, n_classes):.1f}%)"
+            + (
+                f"; the last epoch's type accuracy: {100 * last_epoch['val/knn_type_acc']:.1f}%"
+                if "val/knn_type_acc" in last_epoch
+                else ""
+            ),
             flush=True,
         )
     return {"dan_path": dan_path, **metrics}
