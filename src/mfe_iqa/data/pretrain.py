@@ -259,6 +259,12 @@ def _distort(region: np.ndarray, cls: int, rng: np.random.Generator) -> np.ndarr
     return region if t < 0 else apply_distortion(region, t, level, rng)
 
 
+def _checked_min_scale(min_scale: float) -> float:
+    if not 0.0 < float(min_scale) <= 1.0:
+        raise PretrainDataError(f"pretrain_data.min_scale must be in (0, 1], got {min_scale}")
+    return float(min_scale)
+
+
 def _to_tensor(img: np.ndarray) -> torch.Tensor:
     return (
         torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
@@ -279,13 +285,11 @@ class PretrainBatchDataset(Dataset):
         rotate: bool = False,
         min_scale: float = 1.0,
     ) -> None:
-        if not 0.0 < float(min_scale) <= 1.0:
-            raise PretrainDataError(f"pretrain_data.min_scale must be in (0, 1], got {min_scale}")
         self.crop_size = int(crop_size)
         self.region = 2 * self.crop_size
         self.hflip = hflip
         self.rotate = bool(rotate)
-        self.min_scale = float(min_scale)
+        self.min_scale = _checked_min_scale(min_scale)
         self.pools = (
             _ImagePool(pristine, short_side, self.region, cache_images),
             _ImagePool(authentic, short_side, self.region, cache_images),
@@ -388,10 +392,9 @@ class PretrainValDataset(Dataset):
                 for p in range(bank_crops)
                 for c in classes
             ]
-        n_images = len(paths) + (len(bank_paths) if bank_crops else 0)
-        gray_flags = [False] * n_images if gray is None else [bool(g) for g in gray][:n_images]
-        if len(gray_flags) != n_images:
-            raise ValueError(f"gray has {len(gray_flags)} flags for {n_images} images")
+        gray_flags = [False] * (len(paths) + len(bank_paths)) if gray is None else [bool(g) for g in gray]
+        if len(gray_flags) != len(paths) + len(bank_paths):
+            raise ValueError(f"gray has {len(gray_flags)} flags for {len(paths)} + {len(bank_paths)} images")
         no_op = set(int(c) for c in chroma_only)
         self.items = [(i, p, c) for i, p, c in items if not (gray_flags[i] and c in no_op)]
         self.skipped = len(items) - len(self.items)
@@ -490,9 +493,7 @@ class PretrainDataModule(L.LightningDataModule):
         self.short_side = short_side
         self.hflip = hflip
         self.rotate = bool(rotate)
-        self.min_scale = float(min_scale)
-        if not 0.0 < self.min_scale <= 1.0:
-            raise PretrainDataError(f"pretrain_data.min_scale must be in (0, 1], got {min_scale}")
+        self.min_scale = _checked_min_scale(min_scale)
         self.cache_images = cache_images
         self.num_workers = int(num_workers)
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
