@@ -6,6 +6,10 @@ and fsyncs the folder so the rename survives a power loss. ``AtomicModelCheckpoi
 ``ModelCheckpoint`` that installs that writer on the trainer's strategy and makes ``save_last="link"`` atomic too
 (Lightning removes ``last.ckpt`` before linking; here the new link replaces it in one rename).
 Wire it with ``_target_: mfe_iqa.callbacks.AtomicModelCheckpoint`` (conf/callbacks/model_checkpoint.yaml).
+
+``EMAWeights`` is Lightning's ``EMAWeightAveraging`` made consistent with model selection: validation and every
+saved ``state_dict`` hold the averaged weights, and testing a checkpoint after the fit tests those averaged weights
+(the selected ones), not the raw weights Lightning keeps beside them for resuming (conf/callbacks/ema.yaml).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 
 log = logging.getLogger(__name__)
 
@@ -152,3 +157,20 @@ class AtomicModelCheckpoint(ModelCheckpoint):
                 shutil.rmtree(linkpath)
             atomic_link(filepath, linkpath)
         trainer.strategy.barrier()
+
+
+class EMAWeights(EMAWeightAveraging):
+    """Exponential moving average of the weights, evaluated and tested as the averaged model.
+
+    Lightning's callback stores the averaged weights as the checkpoint's ``state_dict`` (what validation scored,
+    so what ``val/srcc`` selected) and the raw weights as ``current_model_state`` (to resume the fit). Its
+    ``on_load_checkpoint`` puts the raw weights back into the module whenever an averaged model exists, which
+    after a fit includes ``trainer.test(ckpt_path=best)`` in the same process: the test would score weights
+    that were never validated. Outside the fit stage this callback leaves the loaded ``state_dict`` (the
+    averaged weights) in place; resuming a fit restores both as before.
+    """
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
