@@ -45,7 +45,9 @@ def _system() -> IQATrainingModule:
 def _fit(tmp_path, ema: Callback) -> tuple[IQATrainingModule, L.Trainer, RecordWeights]:
     """2 epochs x 3 steps; a checkpoint saved at each validation end, as mfe-iqa-train's ModelCheckpoint does."""
     system, record = _system(), RecordWeights()
-    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="e{epoch}", save_top_k=-1, auto_insert_metric_name=False)
+    saver = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", filename="e{epoch}", save_top_k=-1, auto_insert_metric_name=False
+    )
     trainer = L.Trainer(
         max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
         default_root_dir=tmp_path, callbacks=[record, ema, saver], num_sanity_val_steps=0,
@@ -78,7 +80,9 @@ def test_checkpoint_holds_the_hand_computed_average_and_the_test_uses_it(tmp_pat
     assert any(not torch.allclose(expected[k], raw[k]) for k in expected)  # the average is not the raw model
 
     # the final test in the same process (what mfe-iqa-train does): the averaged weights are what is scored
-    trainer.test(system, DataLoader(NoiseDB(8, seed=3, crops=2), batch_size=4), ckpt_path=str(path), verbose=False)
+    trainer.test(
+        system, DataLoader(NoiseDB(8, seed=3, crops=2), batch_size=4), ckpt_path=str(path), verbose=False
+    )
     for name, value in system.named_parameters():
         torch.testing.assert_close(value.detach(), expected[name], rtol=1e-5, atol=1e-6)
 
@@ -87,7 +91,9 @@ def test_lightnings_own_callback_would_test_the_raw_weights(tmp_path):
     """Why EMAWeights exists: with the library callback the post-fit test reloads the unselected raw weights."""
     system, trainer, record = _fit(tmp_path, EMAWeightAveraging(decay=DECAY))
     path = tmp_path / "ckpt" / "e1.ckpt"
-    trainer.test(system, DataLoader(NoiseDB(8, seed=3, crops=2), batch_size=4), ckpt_path=str(path), verbose=False)
+    trainer.test(
+        system, DataLoader(NoiseDB(8, seed=3, crops=2), batch_size=4), ckpt_path=str(path), verbose=False
+    )
     raw = record.steps[-1]
     for name, value in system.named_parameters():
         torch.testing.assert_close(value.detach(), raw[name])
