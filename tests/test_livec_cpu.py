@@ -35,6 +35,8 @@ def test_experiment_composes(compose_cfg, model):
     assert cfg.pretrain_dan.enabled is True and cfg.pretrain_dan.train_split_only is True
     assert dict(cfg.trainer.max_time) == {"minutes": 20} and cfg.data.crop_size == 128
     assert cfg.callbacks.model_checkpoint.monitor == "val/srcc"
+    assert cfg.callbacks.ema._target_ == "mfe_iqa.callbacks.EMAWeights"  # validation scores the EMA weights
+    assert cfg.callbacks.early_stopping is None  # the budget ends the fit
     # the scheduler partial builds (wall-clock cosine) with the composed values
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = instantiate(cfg.system.scheduler)(optimizer=opt)
