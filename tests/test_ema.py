@@ -4,7 +4,6 @@ after the fit is tested with those averaged weights (what validation scored and 
 from __future__ import annotations
 
 import copy
-import functools
 
 import lightning as L
 import torch
@@ -12,9 +11,8 @@ from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheck
 from torch.utils.data import DataLoader
 
 from mfe_iqa.callbacks import EMAWeights
-from mfe_iqa.losses.iqa import QualityLoss
-from mfe_iqa.systems.iqa import IQATrainingModule, warmup_cosine_schedule
-from training_helpers import MODEL_CFG, NoiseDB, TinyNet, one_torch_thread  # noqa: F401 (autouse fixture)
+from mfe_iqa.systems.iqa import IQATrainingModule
+from training_helpers import NoiseDB, one_torch_thread, tiny_system  # noqa: F401 (autouse fixture)
 
 DECAY = 0.8
 DB = {"name": "toy", "kind": "authentic", "mos_min": 0.0, "mos_max": 1.0, "lower_better": False}
@@ -30,21 +28,9 @@ class RecordWeights(Callback):
         self.steps.append({k: v.detach().clone() for k, v in pl_module.named_parameters()})
 
 
-def _system() -> IQATrainingModule:
-    torch.manual_seed(0)
-    return IQATrainingModule(
-        net=TinyNet(),
-        quality_loss=QualityLoss(l1=1.0, plcc=1.0),
-        optimizer=functools.partial(torch.optim.AdamW, lr=5e-2),
-        scheduler=functools.partial(warmup_cosine_schedule, warmup_fraction=0.0),
-        model_cfg=MODEL_CFG,
-        database=DB,
-    )
-
-
 def _fit(tmp_path, ema: Callback) -> tuple[IQATrainingModule, L.Trainer, RecordWeights]:
     """2 epochs x 3 steps; a checkpoint saved at each validation end, as mfe-iqa-train's ModelCheckpoint does."""
-    system, record = _system(), RecordWeights()
+    system, record = tiny_system(5e-2, DB), RecordWeights()
     saver = ModelCheckpoint(
         dirpath=tmp_path / "ckpt", filename="e{epoch}", save_top_k=-1, auto_insert_metric_name=False
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 
 import lightning as L
@@ -15,9 +14,7 @@ from scipy.stats import pearsonr, spearmanr
 from torch.utils.data import DataLoader
 
 from mfe_iqa.cli.common import ConfigError
-from mfe_iqa.losses.iqa import QualityLoss
-from mfe_iqa.systems.iqa import IQATrainingModule, warmup_cosine_schedule
-from training_helpers import MODEL_CFG, NoiseDB, TinyNet, one_torch_thread  # noqa: F401 (autouse fixture)
+from training_helpers import NoiseDB, one_torch_thread, tiny_system  # noqa: F401 (autouse fixture)
 
 N_IMAGES = 10
 TRAIN_DB = {"name": "toy", "kind": "authentic", "mos_min": 1.0, "mos_max": 5.0, "lower_better": False}
@@ -26,15 +23,7 @@ TRAIN_DB = {"name": "toy", "kind": "authentic", "mos_min": 1.0, "mos_max": 5.0, 
 @pytest.fixture
 def checkpoint(tmp_path):
     """A real Lightning checkpoint of IQATrainingModule after a few training steps."""
-    torch.manual_seed(0)
-    system = IQATrainingModule(
-        net=TinyNet(),
-        quality_loss=QualityLoss(l1=1.0, plcc=1.0),
-        optimizer=functools.partial(torch.optim.AdamW, lr=2e-2),
-        scheduler=functools.partial(warmup_cosine_schedule, warmup_fraction=0.0),
-        model_cfg=MODEL_CFG,
-        database=TRAIN_DB,
-    )
+    system = tiny_system(2e-2, TRAIN_DB)
     trainer = L.Trainer(
         max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
         enable_checkpointing=False, default_root_dir=tmp_path,

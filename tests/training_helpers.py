@@ -7,6 +7,8 @@ images backwards); a trained one must learn that noise lowers quality.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mfe_iqa.data.items import BATCH_DIST_TYPE, BATCH_IMAGE, BATCH_INDEX, BATCH_MOS
+from mfe_iqa.losses.iqa import QualityLoss
 from mfe_iqa.models.outputs import MFENetOutput
 
 SIZE = 32
@@ -82,6 +85,21 @@ class TinyNet(nn.Module):
 
 
 MODEL_CFG = {"_target_": f"{TinyNet.__module__}.TinyNet", "width": 8, "num_dist_types": 3}
+
+
+def tiny_system(lr: float, database: dict):
+    """IQATrainingModule around a seeded TinyNet: L1 + PLCC loss, AdamW at ``lr``, cosine without warm-up."""
+    from mfe_iqa.systems.iqa import IQATrainingModule, warmup_cosine_schedule
+
+    torch.manual_seed(0)
+    return IQATrainingModule(
+        net=TinyNet(),
+        quality_loss=QualityLoss(l1=1.0, plcc=1.0),
+        optimizer=functools.partial(torch.optim.AdamW, lr=lr),
+        scheduler=functools.partial(warmup_cosine_schedule, warmup_fraction=0.0),
+        model_cfg=MODEL_CFG,
+        database=database,
+    )
 
 
 @pytest.fixture(autouse=True)
