@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from mfe_iqa.data.items import BATCH_DIST_TYPE, BATCH_IMAGE, BATCH_INDEX, BATCH_MOS
 from mfe_iqa.losses.iqa import QualityLoss
 from mfe_iqa.models.outputs import MFENetOutput
+from mfe_iqa.systems.iqa import IQATrainingModule, warmup_cosine_schedule
 
 SIZE = 32
 
@@ -87,10 +88,8 @@ class TinyNet(nn.Module):
 MODEL_CFG = {"_target_": f"{TinyNet.__module__}.TinyNet", "width": 8, "num_dist_types": 3}
 
 
-def tiny_system(lr: float, database: dict):
+def tiny_system(lr: float, database: dict) -> IQATrainingModule:
     """IQATrainingModule around a seeded TinyNet: L1 + PLCC loss, AdamW at ``lr``, cosine without warm-up."""
-    from mfe_iqa.systems.iqa import IQATrainingModule, warmup_cosine_schedule
-
     torch.manual_seed(0)
     return IQATrainingModule(
         net=TinyNet(),
