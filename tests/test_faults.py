@@ -7,6 +7,7 @@ import functools
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader
 from mfe_iqa.callbacks import AtomicCheckpointIO, AtomicModelCheckpoint
 from mfe_iqa.errors import UserError
 from mfe_iqa.systems.iqa import IQATrainingModule, NonFiniteLossError
-from train_run_helpers import REPO, cli_env, run_train, shared_tiny_demo, tiny_overrides, train_cmd
+from train_run_helpers import REPO, cli_env, shared_tiny_demo, tiny_overrides, train_cmd
 from training_helpers import MODEL_CFG, NoiseDB, TinyNet, one_torch_thread  # noqa: F401 (autouse fixture)
 
 
@@ -41,15 +42,37 @@ def _wait_until_group_gone(pgid: int, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def test_killed_run_resumes_from_last_ckpt_and_continues_its_wandb_run(tiny_demo, tmp_path):
+@pytest.fixture
+def shared_wandb_service(tmp_path):
+    """A detached wandb-core that processes started with WANDB_SERVICE=<its address> share, as
+    `export WANDB_SERVICE=$(wandb beta core start)` sets one up for multi-process workloads; stopped afterwards."""
+    wandb_cli = [sys.executable, "-c", "from wandb.cli.cli import cli; cli()", "beta", "core"]
+    env = cli_env(WANDB_DIR=str(tmp_path))
+    started = subprocess.run(
+        [*wandb_cli, "start", "--idle-timeout", "5m"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert started.returncode == 0, started.stderr
+    address = started.stdout.strip().splitlines()[-1]
+    yield address
+    subprocess.run(
+        [*wandb_cli, "stop"], capture_output=True, env={**env, "WANDB_SERVICE": address}, timeout=60
+    )
+
+
+def test_killed_run_resumes_from_last_ckpt_and_continues_its_wandb_run(
+    tiny_demo, tmp_path, shared_wandb_service
+):
+    """Both runs are started under one shared W&B service, which keeps the killed run's stream: resuming its
+    id there failed with "run ID ... is in use" until the resumed run started a service of its own."""
     run = tmp_path / "run"
     args = [*tiny_overrides(tiny_demo, run), f"trainer.max_epochs={EPOCHS}", "logger=many"]
     last = run / "checkpoints" / "last.ckpt"
+    env = cli_env(WANDB_SERVICE=shared_wandb_service)
     with open(tmp_path / "first.log", "wb") as log_file:
         proc = subprocess.Popen(
             train_cmd(args),
             cwd=REPO,
-            env=cli_env(),
+            env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: the kill takes its W&B service along
@@ -66,7 +89,7 @@ def test_killed_run_resumes_from_last_ckpt_and_continues_its_wandb_run(tiny_demo
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            _wait_until_group_gone(proc.pid)  # its W&B service too: a live one still holds the run id
+            _wait_until_group_gone(proc.pid)
     assert proc.returncode == -signal.SIGKILL
     killed = torch.load(last, map_location="cpu", weights_only=False)  # complete even though killed
     assert killed["epoch"] < EPOCHS - 1
@@ -74,9 +97,12 @@ def test_killed_run_resumes_from_last_ckpt_and_continues_its_wandb_run(tiny_demo
     run_id = (run / "wandb_run_id.txt").read_text().strip()
     assert len(run_id) == 8 and not (run / "metrics.json").exists()
 
-    resumed = run_train([*args, "ckpt_path=last"])
+    resumed = subprocess.run(
+        train_cmd([*args, "ckpt_path=last"]), capture_output=True, text=True, timeout=240, cwd=REPO, env=env
+    )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     out = resumed.stdout + resumed.stderr
+    assert f"Resuming W&B run {run_id} with a W&B service of this process's own" in out
     assert "Restoring states from the checkpoint path at" in out and str(last) in out
     final = torch.load(last, map_location="cpu", weights_only=False)
     assert final["epoch"] == EPOCHS - 1 and final["global_step"] == EPOCHS * steps_per_epoch

@@ -52,8 +52,12 @@ def tiny_overrides(demo_root: Path, run_dir: Path) -> list[str]:
     ]
 
 
-def cli_env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a CLI subprocess: one thread, W&B offline, and no W&B service inherited from this
+    pytest process (an in-process test that called wandb.init leaves its service's address in WANDB_SERVICE,
+    which would make every later subprocess share that service); ``extra`` adds or replaces variables."""
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return {**env, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true", **extra}
 
 
 def train_cmd(args: list[str]) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,22 @@ def _new_wandb_id() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
+def _own_wandb_service_for_resume(run_id: str) -> None:
+    """A resumed run starts a W&B service of its own instead of connecting to one named by ``WANDB_SERVICE``.
+
+    ``WANDB_SERVICE`` points every process started under it at one shared wandb-core (``wandb beta core start``,
+    or a parent process that called ``wandb.init`` itself). When a run is killed, that shared service keeps the
+    run's stream open, and resuming the same id there fails with "run ID ... is in use". A service of this
+    process's own does not know the killed stream; the run continues under the same id all the same.
+    """
+    if os.environ.pop("WANDB_SERVICE", None):
+        log.info(
+            "Resuming W&B run %s with a W&B service of this process's own: WANDB_SERVICE is ignored here "
+            "(a shared service may still hold the interrupted run's id)",
+            run_id,
+        )
+
+
 def _set_wandb_run_id(cfg: DictConfig, out: Path, resuming: bool) -> None:
     """Give the W&B logger a run id kept in <run dir>/wandb_run_id.txt, so that a resumed run continues it.
 
@@ -84,6 +101,8 @@ def _set_wandb_run_id(cfg: DictConfig, out: Path, resuming: bool) -> None:
         if run_id:
             log.info("Resuming the W&B run %s (id from %s)", run_id, path)
     resume = "allow" if run_id and resuming else node.get("resume")
+    if resume == "allow":
+        _own_wandb_service_for_resume(run_id)
     run_id = run_id or _new_wandb_id()
     with open_dict(cfg):
         cfg.logger.wandb.id = str(run_id)
