@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 from conftest import LIVEC_SAMPLE
+from train_run_helpers import cli_env
 
 REPO = Path(__file__).resolve().parents[1]
 needs_sample = pytest.mark.skipif(
@@ -108,7 +108,7 @@ def test_fast_dev_run_on_the_sample_pretrains_on_training_images_only(tmp_path):
         # the nested pre-training is composed from its own overrides: make it a fast dev run too
         "pretrain_dan.overrides=[" + ",".join(f'"{o}"' for o in PRETRAIN_FDR) + "]",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env = cli_env()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 

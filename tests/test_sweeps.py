@@ -7,7 +7,6 @@ repository's default data dir, then cached), shrunk to a few 32 px batches of mf
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
+
+from train_run_helpers import cli_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +56,7 @@ def _multirun(sweep_dir: Path, args: list[str], logger: str = "csv_only") -> sub
         *TINY,
         *args,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env = cli_env()
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
     assert res.returncode == 0, (
         f"{' '.join(cmd)}\n--- stdout\n{res.stdout[-4000:]}\n--- stderr\n{res.stderr[-4000:]}"

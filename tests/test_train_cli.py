@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -12,6 +13,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+
+from train_run_helpers import cli_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +40,7 @@ def _tiny(tmp_path: Path) -> list[str]:
 
 def _train(tmp_path: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "mfe_iqa.cli.train", f"hydra.run.dir={run_dir}", *_tiny(tmp_path), *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env = cli_env()
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
 
 
@@ -103,3 +106,23 @@ def test_in_job_dan_pretraining_refuses_multi_process_runs(compose_cfg):
     cfg = compose_cfg("train", ["experiment=demo", "trainer=ddp_cpu"])
     with pytest.raises(ConfigError, match="mfe-iqa-pretrain"):
         _maybe_pretrain_dan(cfg, datamodule=None)
+
+
+def test_a_resumed_wandb_run_leaves_a_shared_wandb_service_and_a_fresh_run_keeps_it(compose_cfg, monkeypatch):
+    """Under WANDB_SERVICE (one wandb-core shared by processes) a killed run's stream stays open there and its id
+    is "in use": resuming must start a service of its own. A fresh run, even with resume=allow, keeps sharing."""
+    from mfe_iqa.cli.train import WANDB_RUN_ID_FILE, _set_wandb_run_id
+
+    shared = "3-123-tcp-localhost-45678"
+    fresh = compose_cfg("train", ["experiment=demo", "logger=wandb", "logger.wandb.resume=allow"])
+    resumed = copy.deepcopy(fresh)
+    out = Path(fresh.paths.output_dir)
+    monkeypatch.setenv("WANDB_SERVICE", shared)
+    _set_wandb_run_id(fresh, out, resuming=False)
+    assert os.environ["WANDB_SERVICE"] == shared
+    run_id = (out / WANDB_RUN_ID_FILE).read_text().strip()
+    assert fresh.logger.wandb.id == run_id
+
+    _set_wandb_run_id(resumed, out, resuming=True)
+    assert "WANDB_SERVICE" not in os.environ
+    assert resumed.logger.wandb.id == run_id and resumed.logger.wandb.resume == "allow"

@@ -101,7 +101,7 @@ def _set_wandb_run_id(cfg: DictConfig, out: Path, resuming: bool) -> None:
         if run_id:
             log.info("Resuming the W&B run %s (id from %s)", run_id, path)
     resume = "allow" if run_id and resuming else node.get("resume")
-    if resume == "allow":
+    if run_id and resuming:
         _own_wandb_service_for_resume(run_id)
     run_id = run_id or _new_wandb_id()
     with open_dict(cfg):
