@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from mfe_iqa.callbacks import AtomicCheckpointIO, AtomicModelCheckpoint
 from mfe_iqa.errors import UserError
 from mfe_iqa.systems.iqa import IQATrainingModule, NonFiniteLossError
-from train_run_helpers import REPO, cli_env, shared_tiny_demo, tiny_overrides, train_cmd
+from train_run_helpers import REPO, cli_env, run_train, shared_tiny_demo, tiny_overrides, train_cmd
 from training_helpers import MODEL_CFG, NoiseDB, TinyNet, one_torch_thread  # noqa: F401 (autouse fixture)
 
 
@@ -75,7 +75,7 @@ def test_killed_run_resumes_from_last_ckpt_and_continues_its_wandb_run(
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the kill takes its W&B service along
+            start_new_session=True,  # its own process group: the kill takes every process of the run along
         )
         try:
             deadline = time.monotonic() + 240
@@ -97,9 +97,7 @@ def test_killed_run_resumes_from_last_ckpt_and_continues_its_wandb_run(
     run_id = (run / "wandb_run_id.txt").read_text().strip()
     assert len(run_id) == 8 and not (run / "metrics.json").exists()
 
-    resumed = subprocess.run(
-        train_cmd([*args, "ckpt_path=last"]), capture_output=True, text=True, timeout=240, cwd=REPO, env=env
-    )
+    resumed = run_train([*args, "ckpt_path=last"], env=env)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     out = resumed.stdout + resumed.stderr
     assert f"Resuming W&B run {run_id} with a W&B service of this process's own" in out

@@ -64,9 +64,11 @@ def train_cmd(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "mfe_iqa.cli.train", *args]
 
 
-def run_train(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+def run_train(
+    args: list[str], timeout: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        train_cmd(args), capture_output=True, text=True, timeout=timeout, cwd=REPO, env=cli_env()
+        train_cmd(args), capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env or cli_env()
     )
 
 
