@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import LIVEC_SAMPLE
-from train_run_helpers import cli_env
+from train_run_helpers import run_train
 
 REPO = Path(__file__).resolve().parents[1]
 needs_sample = pytest.mark.skipif(
@@ -88,10 +86,7 @@ def _read_csv(path: Path) -> list[dict]:
 @needs_sample
 def test_fast_dev_run_on_the_sample_pretrains_on_training_images_only(tmp_path):
     run = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "mfe_iqa.cli.train",
+    args = [
         "experiment=livec_cpu",
         "debug=fdr",
         "logger=csv_only",
@@ -108,8 +103,7 @@ def test_fast_dev_run_on_the_sample_pretrains_on_training_images_only(tmp_path):
         # the nested pre-training is composed from its own overrides: make it a fast dev run too
         "pretrain_dan.overrides=[" + ",".join(f'"{o}"' for o in PRETRAIN_FDR) + "]",
     ]
-    env = cli_env()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO, env=env)
+    proc = run_train(args, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 
     metrics = json.loads((run / "metrics.json").read_text())

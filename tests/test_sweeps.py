@@ -9,15 +9,12 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from train_run_helpers import cli_env
-
-REPO = Path(__file__).resolve().parents[1]
+from train_run_helpers import run_train
 
 # A job in a few seconds: 24 demo images, 1 train batch of 4 crops of 32 px, one val and one test batch.
 TINY = [
@@ -46,20 +43,10 @@ OPTUNA_KEYS = {
 
 def _multirun(sweep_dir: Path, args: list[str], logger: str = "csv_only") -> subprocess.CompletedProcess:
     """`mfe-iqa-train -m` into `sweep_dir`; fails the test with the output's tail if the command fails."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "mfe_iqa.cli.train",
-        "-m",
-        f"hydra.sweep.dir={sweep_dir}",
-        f"logger={logger}",
-        *TINY,
-        *args,
-    ]
-    env = cli_env()
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    cmd = ["-m", f"hydra.sweep.dir={sweep_dir}", f"logger={logger}", *TINY, *args]
+    res = run_train(cmd, timeout=300)
     assert res.returncode == 0, (
-        f"{' '.join(cmd)}\n--- stdout\n{res.stdout[-4000:]}\n--- stderr\n{res.stderr[-4000:]}"
+        f"mfe-iqa-train {' '.join(cmd)}\n--- stdout\n{res.stdout[-4000:]}\n--- stderr\n{res.stderr[-4000:]}"
     )
     return res
 

@@ -6,7 +6,6 @@ import copy
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,9 +13,7 @@ import pytest
 import torch
 import yaml
 
-from train_run_helpers import cli_env
-
-REPO = Path(__file__).resolve().parents[1]
+from train_run_helpers import run_train
 
 
 def _tiny(tmp_path: Path) -> list[str]:
@@ -39,9 +36,7 @@ def _tiny(tmp_path: Path) -> list[str]:
 
 
 def _train(tmp_path: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "mfe_iqa.cli.train", f"hydra.run.dir={run_dir}", *_tiny(tmp_path), *extra]
-    env = cli_env()
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    return run_train([f"hydra.run.dir={run_dir}", *_tiny(tmp_path), *extra], timeout=300)
 
 
 def test_fast_dev_run_completes(tmp_path):
