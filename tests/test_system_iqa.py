@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from mfe_iqa.data.items import BATCH_DIST_TYPE, BATCH_IMAGE, BATCH_MOS
 from mfe_iqa.losses.iqa import PLCCLoss, QualityLoss
+from mfe_iqa.models.mfenet import MFENet
 from mfe_iqa.systems.iqa import (
     CheckpointFormatError,
     IQATrainingModule,
@@ -322,3 +323,29 @@ def test_wandb_gets_best_val_and_test_summary_scatter_and_table(tmp_path, monkey
         wandb.finish()
     media = list((tmp_path / "wandb").rglob("*.png")) + list((tmp_path / "wandb").rglob("*.table.json"))
     assert media, f"no scatter / table file under {run_dir}"
+
+
+def test_frozen_dan_keeps_pretrained_statistics_through_a_lightning_fit(tmp_path):
+    # Lightning (>= 2.2) never calls model.train() at the start of fit; it keeps each module's own mode and
+    # restores it after validation. A frozen DAN must therefore be in eval mode from construction on, or its
+    # batch-norm layers normalize with batch statistics and overwrite the pre-trained running statistics.
+    torch.manual_seed(0)
+    net = MFENet(
+        qen={"variant": "van_b0"},
+        dan={"backbone": "resnet10t", "num_dist_types": 3, "freeze": True},
+        hfen={"stem_channels": 4, "channels": [8, 8, 16, 16]},
+        head={"hidden_dims": [16]},
+    )
+    running = {k: v.clone() for k, v in net.dan.backbone.state_dict().items() if "running" in k}
+    assert running
+    train, val, _ = loaders()
+    system = make_system(net=net)
+    trainer = make_trainer(tmp_path, max_steps=3, limit_val_batches=1, val_check_interval=2)
+    trainer.fit(system, train, val)
+    assert trainer.global_step == 3
+    bns = [m for m in net.dan.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)
+    assert net.qen.training  # the rest of the network trains
+    after = net.dan.backbone.state_dict()
+    changed = [k for k, v in running.items() if not torch.equal(v, after[k])]
+    assert changed == [], f"frozen DAN statistics changed: {changed[:3]}"

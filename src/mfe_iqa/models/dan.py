@@ -77,6 +77,9 @@ class DistortionAwareNetwork(nn.Module):
         if self.frozen:
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
+            # Lightning (>= 2.2) no longer calls model.train() when fitting starts; it keeps and restores each
+            # module's own mode, so a frozen backbone must be put in eval mode here, not only in train()
+            self.backbone.eval()
 
     def _load_timm_weights(self, path: str) -> None:
         """Load a local timm classification weight file (e.g. resnet50 ImageNet) into the feature extractor."""
