@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from conftest import LIVEC_SAMPLE
-from train_run_helpers import run_train
+from train_run_helpers import REPO, run_train
 
-REPO = Path(__file__).resolve().parents[1]
 needs_sample = pytest.mark.skipif(
     not LIVEC_SAMPLE.is_dir(),
     reason=f"the shared LIVE Challenge sample is absent ({LIVEC_SAMPLE}); see ../shared/data/README.md",
