@@ -341,3 +341,54 @@ def test_rotate_turns_the_region_by_multiples_of_90_degrees(tmp_path):
         seen[(gx, gy)] += 1
     # the column ramp runs right (0), up (90), left (180) or down (270 degrees), nothing else
     assert set(seen) == {(1.0, 0.0), (0.0, -1.0), (-1.0, 0.0), (0.0, 1.0)}
+
+
+def test_synthetic_contents_train_but_are_never_queries_nor_bank(pristine_folder, tmp_path):
+    dm = PretrainDataModule(
+        folders=[str(pristine_folder)], num_val_images=2, types=["jpeg"], crop_size=16, batch_size=24,
+        samples_per_class=4, steps_per_epoch=4, bank_crops=1, synthetic_contents=40, synthetic_size=48,
+        output_dir=str(tmp_path / "run"),
+    )  # fmt: skip
+    dm.setup("fit")
+    n_real = len(dm.train_paths)
+    assert n_real == 4 and dm.sampler.num_images == 4 + 40
+    contents = torch.cat([b["content"] for b in dm.train_dataloader()])
+    assert (contents >= n_real).any()  # dead-leaves contents are drawn
+    assert int(contents.max()) < n_real + 40
+    val = next(iter(dm.val_dataloader()))
+    assert set(val["content"].tolist()) == set(range(2 + 4))  # 2 queries + 4 real bank images, nothing else
+    with open(tmp_path / "run" / "pretrain_images.csv") as f:
+        roles = Counter(r["role"] for r in csv.DictReader(f))
+    assert roles == {"train": 4, "val": 2, "synthetic": 40}
+    views = PretrainBatchDataset(dm.train_paths, [], 16, synthetic=dm.synthetic).views(
+        0, n_real + 7, class_index(0, 1), seed=5
+    )
+    assert views.shape == (2, 3, 16, 16)
+    with pytest.raises(PretrainDataError, match="synthetic_contents"):
+        PretrainDataModule(folders=[str(pristine_folder)], synthetic_contents=-1)
+
+
+def test_synthetic_fraction_fixes_each_class_share_of_synthetic_contents():
+    real, fake = 9, 300
+    colour = [0, 2, 4] + list(range(real, real + fake))  # six real images gray
+    sampler = ClassBalancedBatchSampler(
+        num_images=real + fake, classes=class_list(resolve_types(None)), batch_size=64, samples_per_class=4,
+        steps_per_epoch=3, colour_images=colour, chroma_only=chroma_only_classes(class_list(resolve_types(None))),
+        num_synthetic=fake, synthetic_fraction=0.25,
+    )  # fmt: skip
+    for batch in sampler:
+        by_class: dict[int, list[int]] = {}
+        for _, i, c, _ in batch:
+            by_class.setdefault(c, []).append(i)
+        for c, images in by_class.items():
+            assert sum(i >= real for i in images) == 1  # round(0.25 * 4)
+            assert len(set(images)) == 4  # still distinct contents
+            if c in sampler.chroma_only:
+                assert set(images) <= set(colour)
+    uniform = ClassBalancedBatchSampler(
+        num_images=real + fake, classes=[0, 1], batch_size=64, num_synthetic=fake
+    )
+    share = np.mean([i >= real for _, i, _, _ in uniform.batch(0)])
+    assert share > 0.8  # without a fraction the 300 synthetic contents dominate the draws
+    with pytest.raises(PretrainDataError, match="synthetic_fraction"):
+        ClassBalancedBatchSampler(num_images=20, classes=[0, 1], batch_size=8, synthetic_fraction=0.5)

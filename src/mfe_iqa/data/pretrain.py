@@ -37,6 +37,7 @@ from mfe_iqa.data.distortions import (
     is_gray,
 )
 from mfe_iqa.data.images import IMAGE_SUFFIXES, load_rgb
+from mfe_iqa.data.synthetic import dead_leaves
 from mfe_iqa.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,8 @@ class ClassBalancedBatchSampler(Sampler[list[ItemSpec]]):
         world_size: int = 1,
         colour_images: Sequence[int] | None = None,
         chroma_only: Sequence[int] = (),
+        num_synthetic: int = 0,
+        synthetic_fraction: float | None = None,
     ) -> None:
         if samples_per_class < 2:
             raise PretrainDataError(
@@ -177,7 +180,20 @@ class ClassBalancedBatchSampler(Sampler[list[ItemSpec]]):
                 f"none of the {num_images} training images has colour, but the chroma-only types {names} change "
                 "nothing on gray images: add colour images or leave those types out with pretrain_data.types."
             )
+        if not 0 <= num_synthetic <= num_images:
+            raise PretrainDataError(f"num_synthetic {num_synthetic} must be in 0..num_images ({num_images})")
+        if synthetic_fraction is not None and not (0.0 <= float(synthetic_fraction) <= 1.0 and num_synthetic):
+            raise PretrainDataError(
+                f"pretrain_data.synthetic_fraction {synthetic_fraction}: give a share in [0, 1] together with "
+                "synthetic_contents > 0, or null to draw from real and synthetic contents alike"
+            )
+        if synthetic_fraction is not None and float(synthetic_fraction) < 1.0 and num_synthetic == num_images:
+            raise PretrainDataError(
+                "synthetic_fraction < 1 needs real training images besides the synthetic ones"
+            )
         self.num_images = int(num_images)
+        self.num_synthetic = int(num_synthetic)
+        self.synthetic_fraction = None if synthetic_fraction is None else float(synthetic_fraction)
         self.classes = list(classes)
         self.batch_size = int(batch_size)
         self.samples_per_class = int(samples_per_class)
@@ -212,8 +228,15 @@ class ClassBalancedBatchSampler(Sampler[list[ItemSpec]]):
             # Repeated permutations: distinct contents first, repeats only when the class outgrows the pool.
             cls = self.classes[ci]
             pool = self.colour_images if cls in self.chroma_only else np.arange(self.num_images)
-            reps = -(-int(size) // len(pool))
-            images = np.concatenate([rng.permutation(pool) for _ in range(reps)])[: int(size)]
+            if self.synthetic_fraction is None:
+                images = self._distinct(rng, pool, int(size))
+            else:  # the last num_synthetic indices are synthetic: a fixed share of each class from them
+                first_fake = self.num_images - self.num_synthetic
+                real_pool, fake_pool = pool[pool < first_fake], pool[pool >= first_fake]
+                n_fake = int(round(self.synthetic_fraction * int(size))) if len(real_pool) else int(size)
+                real = self._distinct(rng, real_pool, int(size) - n_fake)
+                fake = self._distinct(rng, fake_pool, n_fake)
+                images = np.concatenate([real, fake])
             items += [(POOL_PRISTINE, int(i), cls, 0) for i in images]
         if self.authentic_per_batch:
             auth = rng.choice(
@@ -224,24 +247,70 @@ class ClassBalancedBatchSampler(Sampler[list[ItemSpec]]):
             items += [(POOL_AUTHENTIC, int(i), NUM_SYNTHETIC_CLASSES + int(i), 0) for i in auth]
         return [(p, i, c, int(s)) for (p, i, c, _), s in zip(items, seeds)]
 
+    @staticmethod
+    def _distinct(rng: np.random.Generator, pool: np.ndarray, size: int) -> np.ndarray:
+        """``size`` images of ``pool``: repeated permutations, so distinct while the pool allows."""
+        if size == 0:
+            return np.zeros(0, dtype=np.int64)
+        reps = -(-size // len(pool))
+        return np.concatenate([rng.permutation(pool) for _ in range(reps)])[:size]
+
     def __iter__(self) -> Iterator[list[ItemSpec]]:
         for step in range(self.steps_per_epoch):
             yield self.batch(step)
 
 
+class SyntheticSpec:
+    """``count`` dead-leaves contents of ``size`` x ``size`` pixels; content j is drawn from seed (seed, j)."""
+
+    def __init__(self, count: int, size: int, seed: int) -> None:
+        if count < 0 or size < 16:
+            raise PretrainDataError(
+                f"pretrain_data.synthetic_contents must be >= 0 and synthetic_size >= 16, got {count}, {size}"
+            )
+        self.count, self.size, self.seed = int(count), int(size), int(seed)
+
+    def name(self, j: int) -> str:
+        """How content j is recorded in pretrain_images.csv (no file: it is drawn in memory)."""
+        return f"dead_leaves:{self.size}:{self.seed}:{j}"
+
+    def names(self) -> list[str]:
+        return [self.name(j) for j in range(self.count)]
+
+    def image(self, j: int) -> np.ndarray:
+        if not 0 <= j < self.count:
+            raise IndexError(f"synthetic content {j} of {self.count}")
+        return dead_leaves(self.size, self.size, np.random.default_rng([self.seed, 0x5EED, j]))
+
+
 class _ImagePool:
     """Decoded images by path, optionally cached in memory (per worker process)."""
 
-    def __init__(self, paths: Sequence[str], short_side: int | None, min_side: int, cache: bool) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str],
+        short_side: int | None,
+        min_side: int,
+        cache: bool,
+        synthetic: SyntheticSpec | None = None,
+    ) -> None:
         self.paths = list(paths)
         self.short_side = short_side
         self.min_side = int(min_side)
         self.cache = cache
+        self.synthetic = synthetic
         self._images: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths) + (self.synthetic.count if self.synthetic else 0)
 
     def get(self, index: int) -> np.ndarray:
         if index in self._images:
             return self._images[index]
+        if index >= len(self.paths):  # a synthetic content, drawn from its own seed (same in every worker)
+            img = self.synthetic.image(index - len(self.paths))
+            self._images[index] = img  # always cached: cheaper to keep than to draw again
+            return img
         img = load_rgb(self.paths[index], short_side=self.short_side)
         h, w = img.shape[:2]
         if min(h, w) < self.min_side:  # smaller than a crop region: enlarge (cubic) so crops fit
@@ -284,6 +353,7 @@ class PretrainBatchDataset(Dataset):
         cache_images: bool = True,
         rotate: bool = False,
         min_scale: float = 1.0,
+        synthetic: SyntheticSpec | None = None,
     ) -> None:
         self.crop_size = int(crop_size)
         self.region = 2 * self.crop_size
@@ -291,12 +361,12 @@ class PretrainBatchDataset(Dataset):
         self.rotate = bool(rotate)
         self.min_scale = _checked_min_scale(min_scale)
         self.pools = (
-            _ImagePool(pristine, short_side, self.region, cache_images),
+            _ImagePool(pristine, short_side, self.region, cache_images, synthetic),
             _ImagePool(authentic, short_side, self.region, cache_images),
         )
 
     def __len__(self) -> int:
-        return len(self.pools[0].paths)
+        return len(self.pools[0])
 
     def views(self, pool: int, index: int, cls: int, seed: int) -> torch.Tensor:
         """Two views (2, 3, c, c): a full-scale crop and the half-scale region, of one distorted region.
@@ -469,6 +539,9 @@ class PretrainDataModule(L.LightningDataModule):
         seed: int = 0,
         output_dir: str | None = None,
         check_gray: bool = True,
+        synthetic_contents: int = 0,
+        synthetic_size: int = 224,
+        synthetic_fraction: float | None = None,
     ) -> None:
         super().__init__()
         self.folders = list(folders or [])
@@ -501,6 +574,13 @@ class PretrainDataModule(L.LightningDataModule):
         self.seed = int(seed)
         self.output_dir = output_dir
         self.check_gray = bool(check_gray)
+        # Dead-leaves contents (mfe_iqa.data.synthetic): training only, never queries nor bank items.
+        self.synthetic = (
+            SyntheticSpec(int(synthetic_contents), int(synthetic_size), self.seed)
+            if int(synthetic_contents) != 0
+            else None
+        )
+        self.synthetic_fraction = synthetic_fraction
         self.gray: dict[str, bool] = {}  # path -> no chroma (filled at setup when check_gray)
         self.chroma_only = chroma_only_classes(self.classes)
         self.train_paths: list[str] = []
@@ -560,8 +640,10 @@ class PretrainDataModule(L.LightningDataModule):
                     ", ".join(CHROMA_ONLY_TYPES),
                 )
         colour = [i for i, p in enumerate(self.train_paths) if not self.gray.get(p, False)]
+        n_synthetic = self.synthetic.count if self.synthetic else 0
+        colour += list(range(len(self.train_paths), len(self.train_paths) + n_synthetic))  # drawn in colour
         self.sampler = ClassBalancedBatchSampler(
-            num_images=len(self.train_paths),
+            num_images=len(self.train_paths) + n_synthetic,
             classes=self.classes,
             batch_size=self.batch_size,
             samples_per_class=self.samples_per_class,
@@ -573,10 +655,14 @@ class PretrainDataModule(L.LightningDataModule):
             world_size=world,
             colour_images=colour,
             chroma_only=self.chroma_only,
+            num_synthetic=n_synthetic,
+            synthetic_fraction=self.synthetic_fraction,
         )
         log.info(
-            "DAN pre-training images: %d train, %d held out for k-NN, %d authentic; %d classes",
+            "DAN pre-training images: %d train (+ %d synthetic dead-leaves contents), %d held out for k-NN, "
+            "%d authentic; %d classes",
             len(self.train_paths),
+            n_synthetic,
             len(self.val_paths),
             len(self.authentic_paths),
             len(self.classes) + len(self.authentic_paths),
@@ -599,6 +685,7 @@ class PretrainDataModule(L.LightningDataModule):
             "train": list(self.train_paths),
             "val": list(self.val_paths),
             "authentic": list(self.authentic_paths),
+            "synthetic": self.synthetic.names() if self.synthetic else [],
         }
 
     def write_image_list(self, path: Path) -> Path:
@@ -624,6 +711,7 @@ class PretrainDataModule(L.LightningDataModule):
             self.cache_images,
             rotate=self.rotate,
             min_scale=self.min_scale,
+            synthetic=self.synthetic,
         )
         return DataLoader(
             dataset,
