@@ -53,7 +53,7 @@ def test_pretrain_writes_a_dan_that_loads_into_dan_and_mfenet(compose_cfg, tmp_p
     # The Lightning checkpoint that was selected carries the backbone name and dan.backbone.* keys.
     metrics = json.loads((out / "pretrain_metrics.json").read_text())
     assert 0.0 <= metrics["val/knn_type_acc"] <= 1.0 and 0.0 <= metrics["val/knn_class_acc"] <= 1.0
-    assert metrics["images"] == {"train": 2, "val": 2, "authentic": 0}
+    assert metrics["images"] == {"train": 2, "val": 2, "authentic": 0, "synthetic": 0}
     printed = capsys.readouterr().out
     assert "k-NN distortion-type accuracy on 2 held-out images: " in printed and "(chance 50.0%)" in printed
     # beside the selected checkpoint's figure, the last epoch's, as the CSV logger recorded it
