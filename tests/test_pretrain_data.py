@@ -366,6 +366,10 @@ def test_synthetic_contents_train_but_are_never_queries_nor_bank(pristine_folder
     assert views.shape == (2, 3, 16, 16)
     with pytest.raises(PretrainDataError, match="synthetic_contents"):
         PretrainDataModule(folders=[str(pristine_folder)], synthetic_contents=-1)
+    with pytest.raises(PretrainDataError, match="synthetic_size 48 is smaller than a training region"):
+        PretrainDataModule(
+            folders=[str(pristine_folder)], crop_size=32, synthetic_contents=4, synthetic_size=48
+        )
 
 
 def test_synthetic_fraction_fixes_each_class_share_of_synthetic_contents():

@@ -580,6 +580,11 @@ class PretrainDataModule(L.LightningDataModule):
             if int(synthetic_contents) != 0
             else None
         )
+        if self.synthetic and self.synthetic.size < 2 * int(crop_size):
+            raise PretrainDataError(
+                f"pretrain_data.synthetic_size {self.synthetic.size} is smaller than a training region "
+                f"(2 x crop_size = {2 * int(crop_size)}): raise synthetic_size"
+            )
         self.synthetic_fraction = synthetic_fraction
         self.gray: dict[str, bool] = {}  # path -> no chroma (filled at setup when check_gray)
         self.chroma_only = chroma_only_classes(self.classes)
