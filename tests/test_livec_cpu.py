@@ -101,6 +101,8 @@ def test_fast_dev_run_on_the_sample_pretrains_on_training_images_only(tmp_path):
         "callbacks.model_summary=null",
         # the nested pre-training is composed from its own overrides: make it a fast dev run too
         "pretrain_dan.overrides=[" + ",".join(f'"{o}"' for o in PRETRAIN_FDR) + "]",
+        # appended to the preset's list: the training images are also CONTRIQUE-style instance classes
+        'pretrain_dan.extra_overrides=["pretrain_data.authentic_from_train=true","pretrain_data.authentic_per_batch=4"]',
     ]
     proc = run_train(args, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -119,6 +121,12 @@ def test_fast_dev_run_on_the_sample_pretrains_on_training_images_only(tmp_path):
     assert seen, "the pre-training wrote no image list"
     assert not seen & (parts["val"] | parts["test"]), "DAN pre-training saw a validation or test image"
     assert seen == parts["train"]  # every training image, held-out k-NN images included, and nothing else
+    roles: dict[str, set[str]] = {}
+    for row in used:
+        roles.setdefault(row["role"], set()).add(Path(row["path"]).name)
+    # extra_overrides reached the pre-training: its training images are its authentic instance classes,
+    # and no held-out k-NN query is among them
+    assert roles["authentic"] == roles["train"] and not roles["authentic"] & roles["val"]
 
 
 def test_livec_table_rows_and_markdown(tmp_path):
@@ -151,3 +159,17 @@ def test_livec_table_rows_and_markdown(tmp_path):
         f"hydra.run.dir={run}",
         "data.short_side=192",
     ]
+
+
+def test_pretrain_extra_overrides_come_after_the_presets():
+    from mfe_iqa.cli.common import ConfigError
+    from mfe_iqa.cli.train import pretrain_overrides
+
+    pre = {
+        "overrides": ["trainer.max_epochs=6", "pretrain_data.batch_size=64"],
+        "extra_overrides": ["seed=3"],
+    }
+    assert pretrain_overrides(pre) == ["trainer.max_epochs=6", "pretrain_data.batch_size=64", "seed=3"]
+    assert pretrain_overrides({}) == []
+    with pytest.raises(ConfigError, match="pretrain_dan.extra_overrides must be a list"):
+        pretrain_overrides({"extra_overrides": "seed=3"})

@@ -200,6 +200,35 @@ def test_datamodule_uses_exactly_the_listed_files_and_authentic_instances(tmp_pa
     assert batch["views"].shape == (8, 2, 3, 16, 16)
 
 
+def test_authentic_from_train_adds_training_images_never_queries(tmp_path):
+    paths = _write_images(tmp_path / "a", SOURCES[:5])
+    dm = PretrainDataModule(
+        image_paths=paths,
+        authentic_from_train=True,
+        authentic_per_batch=2,
+        num_val_images=2,
+        crop_size=16,
+        batch_size=8,
+    )
+    dm.setup()
+    used = dm.used_images
+    assert len(used["val"]) == 2 and len(used["train"]) == 3
+    assert used["authentic"] == used["train"] and not set(used["authentic"]) & set(used["val"])
+    batch = next(iter(dm.train_dataloader()))
+    is_auth = batch["label"] >= NUM_SYNTHETIC_CLASSES
+    assert int(is_auth.sum()) == 2
+    # instance classes 126.. index the authentic list: each names one training image
+    assert set((batch["label"][is_auth] - NUM_SYNTHETIC_CLASSES).tolist()) <= set(range(3))
+
+
+def test_authentic_images_that_are_knn_queries_are_refused(tmp_path):
+    paths = _write_images(tmp_path / "a", SOURCES[:5])
+    dm = PretrainDataModule(image_paths=paths, authentic_paths=paths, authentic_per_batch=2, num_val_images=2)
+    with pytest.raises(PretrainDataError, match="held-out k-NN query") as err:
+        dm.setup()
+    assert "authentic_from_train" in str(err.value)
+
+
 def test_datamodule_defaults_to_the_demo_pristine_images(tmp_path):
     demo = {"num_refs": 4, "dist_types": ["jpeg"], "levels": [1], "short_side": 48}
     dm = PretrainDataModule(demo_root=str(tmp_path / "demo"), demo=demo, num_val_images=2, crop_size=16)

@@ -130,6 +130,24 @@ def _keep_csv_log_of_interrupted_run(loggers: list) -> None:
             log.info("Resuming: the CSV log so far is kept as %s", kept)
 
 
+def pretrain_overrides(pre) -> list[str]:
+    """``pretrain_dan.overrides`` (a preset's pre-training) then ``pretrain_dan.extra_overrides`` (the user's).
+
+    Hydra's command line replaces a list as a whole; the second list lets one setting change without
+    restating the preset's, and comes last so that it wins.
+    """
+    lists = []
+    for key in ("overrides", "extra_overrides"):
+        value = pre.get(key) or []
+        if isinstance(value, str) or not all(isinstance(o, str) for o in value):
+            raise ConfigError(
+                f"pretrain_dan.{key} must be a list of override strings such as "
+                f"['trainer.max_epochs=4'], got {value!r}"
+            )
+        lists += list(value)
+    return lists
+
+
 def _maybe_pretrain_dan(cfg: DictConfig, datamodule) -> None:
     """Run DAN contrastive pre-training first and hand its dan.pt to the model config."""
     pre = cfg.get("pretrain_dan") or {}
@@ -159,7 +177,7 @@ def _maybe_pretrain_dan(cfg: DictConfig, datamodule) -> None:
         with open_dict(cfg):
             cfg.model.dan.pretrained_ckpt = str(done)
         return
-    overrides = list(pre.get("overrides") or [])
+    overrides = pretrain_overrides(pre)
     overrides += [
         f"paths.output_dir={out}",
         f"seed={cfg.seed}",

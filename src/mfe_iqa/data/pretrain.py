@@ -526,6 +526,7 @@ class PretrainDataModule(L.LightningDataModule):
         batch_size: int = 128,
         samples_per_class: int = 2,
         authentic_per_batch: int = 0,
+        authentic_from_train: bool = False,
         steps_per_epoch: int = 50,
         eval_batch_size: int = 128,
         short_side: int | None = None,
@@ -561,6 +562,9 @@ class PretrainDataModule(L.LightningDataModule):
         self.batch_size = int(batch_size)
         self.samples_per_class = int(samples_per_class)
         self.authentic_per_batch = int(authentic_per_batch)
+        # the training pristine images are also instance classes (an authentic database's own training
+        # split, e.g. livec_cpu); the held-out k-NN queries never are
+        self.authentic_from_train = bool(authentic_from_train)
         self.steps_per_epoch = int(steps_per_epoch)
         self.eval_batch_size = int(eval_batch_size)
         self.short_side = short_side
@@ -630,6 +634,18 @@ class PretrainDataModule(L.LightningDataModule):
         self.authentic_paths = (list_images(self.authentic_folders) if self.authentic_folders else []) + list(
             self.authentic_paths_given
         )
+        if self.authentic_from_train:
+            given = set(self.authentic_paths)
+            self.authentic_paths += [p for p in self.train_paths if p not in given]
+        queries = set(self.val_paths)
+        leaked = [p for p in self.authentic_paths if p in queries]
+        if leaked:
+            raise PretrainDataError(
+                f"{len(leaked)} authentic image(s) are also held-out k-NN query images, e.g. {leaked[0]}: the "
+                "k-NN would score contents the network was trained on. Keep the authentic images apart from "
+                "the pristine pool (pretrain_data.folders / image_paths), or use "
+                "pretrain_data.authentic_from_train=true to make the training pristine images instance classes."
+            )
         rank, world = 0, 1
         if self.trainer is not None:
             rank, world = self.trainer.global_rank, self.trainer.world_size
