@@ -240,6 +240,36 @@ def _use_validation(cfg: DictConfig, datamodule, callbacks: list) -> list:
     return kept
 
 
+def _report_selection(callbacks: list, metrics: dict[str, Any]) -> None:
+    """``val/srcc_best`` of the run (metrics.json, the sweepers' objective) is the score of the checkpoint the
+    test uses. The logged running maximum counts every validation; with ``select_after_steps`` the early ones
+    are not candidates, so the selected checkpoint's score replaces it (and the last validation's score when the
+    fit ended before any checkpoint could be selected)."""
+    from mfe_iqa.callbacks import AtomicModelCheckpoint
+
+    cb = next((c for c in callbacks if isinstance(c, AtomicModelCheckpoint)), None)
+    if cb is None or cb.monitor != "val/srcc" or not cb.select_after_steps:
+        return
+    if cb.best_model_score is not None and cb.best_model_path:
+        metrics["val/srcc_best"] = float(cb.best_model_score)
+        if cb.skipped_selections:
+            log.info(
+                "%d validation(s) before step %d were not candidates (select_after_steps); selected: %s "
+                "(val/srcc %.4f)",
+                cb.skipped_selections,
+                cb.select_after_steps,
+                cb.best_model_path,
+                float(cb.best_model_score),
+            )
+    elif "val/srcc" in metrics:
+        log.warning(
+            "No checkpoint was selected: the fit ended before select_after_steps=%d optimizer steps; the last "
+            "epoch's model is tested. Lower callbacks.model_checkpoint.select_after_steps or train longer.",
+            cb.select_after_steps,
+        )
+        metrics["val/srcc_best"] = metrics["val/srcc"]
+
+
 @task_wrapper
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit on `data`, select on its validation split, test on its test split and on every `test_sets` entry."""
@@ -292,6 +322,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
 
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)}
+    if cfg.get("train"):
+        _report_selection(callbacks, metrics)
     test_rows: dict[str, dict[str, float]] = {}
     if cfg.get("test"):
         loaders, names = _test_loaders(cfg, datamodule)
