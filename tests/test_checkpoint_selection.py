@@ -57,7 +57,11 @@ def test_validations_before_the_step_are_not_candidates(tmp_path):
 
 def test_a_fit_that_ends_before_the_step_selects_nothing(tmp_path):
     cb = _fit(tmp_path, select_after_steps=100)
-    assert cb.best_model_path == "" and cb.best_model_score is None and cb.skipped_selections == len(SCRIPTED_VAL)
+    assert (
+        cb.best_model_path == ""
+        and cb.best_model_score is None
+        and cb.skipped_selections == len(SCRIPTED_VAL)
+    )
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["last.ckpt"]
 
 

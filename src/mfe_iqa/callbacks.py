@@ -120,7 +120,11 @@ class AtomicModelCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, *args: Any, select_after_steps: int = 0, **kwargs: Any) -> None:
-        if isinstance(select_after_steps, bool) or not isinstance(select_after_steps, int) or select_after_steps < 0:
+        if (
+            isinstance(select_after_steps, bool)
+            or not isinstance(select_after_steps, int)
+            or select_after_steps < 0
+        ):
             raise ValueError(
                 f"AtomicModelCheckpoint: select_after_steps must be a whole number >= 0, got {select_after_steps!r}"
             )
