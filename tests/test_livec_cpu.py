@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,10 @@ def test_experiment_composes(compose_cfg, model):
     assert cfg.callbacks.model_checkpoint.monitor == "val/srcc"
     assert cfg.callbacks.ema._target_ == "mfe_iqa.callbacks.EMAWeights"  # validation scores the EMA weights
     assert cfg.callbacks.early_stopping is None  # the budget ends the fit
+    # no selection while the EMA is mostly its first-step weights: decay^n > 1/2 for n < ln 0.5 / ln decay
+    assert cfg.callbacks.model_checkpoint.select_after_steps >= math.log(0.5) / math.log(
+        cfg.callbacks.ema.decay
+    )
     # the scheduler partial builds (wall-clock cosine) with the composed values
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = instantiate(cfg.system.scheduler)(optimizer=opt)

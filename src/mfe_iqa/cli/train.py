@@ -322,7 +322,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
 
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)}
-    if cfg.get("train"):
+    if cfg.get("train") and not trainer.fast_dev_run:  # a fast dev run saves no checkpoint to select
         _report_selection(callbacks, metrics)
     test_rows: dict[str, dict[str, float]] = {}
     if cfg.get("test"):
