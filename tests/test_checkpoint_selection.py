@@ -68,12 +68,12 @@ def test_a_fit_that_ends_before_the_step_selects_nothing(tmp_path):
 def test_the_run_reports_the_selected_score_not_the_running_maximum(tmp_path):
     cb = _fit(tmp_path, select_after_steps=4)
     metrics = {"val/srcc": 0.4, "val/srcc_best": 0.9}  # what the system logs: the last score, the running max
-    _report_selection([cb], metrics)
+    _report_selection(cb, metrics)
     assert metrics["val/srcc_best"] == pytest.approx(0.5)
 
     none_selected = _fit(tmp_path / "late", select_after_steps=100)
     metrics = {"val/srcc": 0.4, "val/srcc_best": 0.9}
-    _report_selection([none_selected], metrics)
+    _report_selection(none_selected, metrics)
     assert metrics["val/srcc_best"] == pytest.approx(0.4)  # the last epoch's model is the one tested
 
 

@@ -240,15 +240,12 @@ def _use_validation(cfg: DictConfig, datamodule, callbacks: list) -> list:
     return kept
 
 
-def _report_selection(callbacks: list, metrics: dict[str, Any]) -> None:
+def _report_selection(cb, metrics: dict[str, Any]) -> None:
     """``val/srcc_best`` of the run (metrics.json, the sweepers' objective) is the score of the checkpoint the
     test uses. The logged running maximum counts every validation; with ``select_after_steps`` the early ones
     are not candidates, so the selected checkpoint's score replaces it (and the last validation's score when the
-    fit ended before any checkpoint could be selected)."""
-    from mfe_iqa.callbacks import AtomicModelCheckpoint
-
-    cb = next((c for c in callbacks if isinstance(c, AtomicModelCheckpoint)), None)
-    if cb is None or cb.monitor != "val/srcc" or not cb.select_after_steps:
+    fit ended before any checkpoint could be selected). ``cb``: the run's ModelCheckpoint, or None."""
+    if cb is None or cb.monitor != "val/srcc" or not getattr(cb, "select_after_steps", 0):
         return
     if cb.best_model_score is not None and cb.best_model_path:
         metrics["val/srcc_best"] = float(cb.best_model_score)
@@ -322,14 +319,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
 
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)}
+    checkpoint_cb = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     if cfg.get("train") and not trainer.fast_dev_run:  # a fast dev run saves no checkpoint to select
-        _report_selection(callbacks, metrics)
+        _report_selection(checkpoint_cb, metrics)
     test_rows: dict[str, dict[str, float]] = {}
     if cfg.get("test"):
         loaders, names = _test_loaders(cfg, datamodule)
         system.test_set_names = names
         ckpt = None
-        checkpoint_cb = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
         if (
             cfg.get("train")
             and datamodule.has_val
