@@ -121,3 +121,53 @@ def test_a_resumed_wandb_run_leaves_a_shared_wandb_service_and_a_fresh_run_keeps
     _set_wandb_run_id(resumed, out, resuming=True)
     assert "WANDB_SERVICE" not in os.environ
     assert resumed.logger.wandb.id == run_id and resumed.logger.wandb.resume == "allow"
+
+
+def _draws() -> tuple[float, float, float]:
+    import random
+
+    import numpy as np
+
+    return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+
+def test_in_job_dan_pretraining_leaves_the_random_streams_where_a_reusing_run_has_them(
+    compose_cfg, tmp_path, monkeypatch
+):
+    """Pre-training in the job and loading its dan.pt must start the fit from one initialization.
+
+    The stand-in for the pre-training re-seeds and draws from every global generator, as the real one does;
+    after it the next draws must equal those of a run that skipped it.
+    """
+    import random
+
+    import lightning as L
+    import numpy as np
+
+    import mfe_iqa.cli.pretrain as pretrain_cli
+    from mfe_iqa.cli.train import _maybe_pretrain_dan
+
+    dan = tmp_path / "elsewhere" / "dan.pt"
+
+    def fake_pretraining(pcfg):
+        L.seed_everything(999)
+        random.random(), np.random.rand(5), torch.randn(7)
+        os.environ["PL_GLOBAL_SEED"] = "999"
+        return dan
+
+    monkeypatch.setattr(pretrain_cli, "run_pretraining", fake_pretraining)
+    cfg = compose_cfg("train", ["experiment=demo", "pretrain_dan.enabled=true"])
+
+    L.seed_everything(cfg.seed)
+    reusing = _draws()  # pretrain_dan.enabled=false: nothing runs between seeding and the network
+
+    class Split:  # the preset pre-trains on the training split's images
+        @staticmethod
+        def pretrain_images():
+            return [tmp_path / "a.png"]
+
+    L.seed_everything(cfg.seed)
+    _maybe_pretrain_dan(cfg, datamodule=Split())
+    assert cfg.model.dan.pretrained_ckpt == str(dan)  # it did run
+    assert _draws() == reusing
+    assert os.environ["PL_GLOBAL_SEED"] == str(cfg.seed)

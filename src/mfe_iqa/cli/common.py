@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,42 @@ def write_json(path: str | Path, obj: Any) -> Path:
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float))
     tmp.replace(path)
     return path
+
+
+@contextlib.contextmanager
+def kept_rng_state() -> Iterator[None]:
+    """Run a block without moving the global random streams (Python, NumPy, torch CPU, torch CUDA).
+
+    The train command pre-trains DAN inside the job between ``seed_everything`` and building the network;
+    the pre-training draws (and re-seeds) the same global generators. Kept, the network starts from the
+    same initialization and the fit sees the same data order whether the DAN was pre-trained in the job
+    or loaded from a ``dan.pt`` (``pretrain_dan.enabled=false``): one model, one draw.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    py_state, np_state, cpu_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda_seeded = torch.cuda.is_available()
+    cuda_states = torch.cuda.get_rng_state_all() if cuda_seeded and torch.cuda.is_initialized() else None
+    cpu_seed = torch.initial_seed()
+    env = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(cpu_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        elif cuda_seeded:  # CUDA came up inside the block: seed it as torch.manual_seed had (lazily) done
+            torch.cuda.manual_seed_all(cpu_seed)
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def configure_runtime(cfg: DictConfig) -> None:

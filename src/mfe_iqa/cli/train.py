@@ -19,6 +19,7 @@ from mfe_iqa.cli.common import (
     hydra_choice,
     instantiate_callbacks,
     instantiate_loggers,
+    kept_rng_state,
     log_hyperparameters,
     print_metrics_table,
     run_for_sweeper,
@@ -191,7 +192,8 @@ def _maybe_pretrain_dan(cfg: DictConfig, datamodule) -> None:
             pcfg.pretrain_data.folders = []
             pcfg.pretrain_data.image_paths = paths
         log.info("DAN pre-training on %d images of the training split only", len(paths))
-    dan_path = run_pretraining(pcfg)
+    with kept_rng_state():  # the same initialization and data order as a run that loads this dan.pt
+        dan_path = run_pretraining(pcfg)
     with open_dict(cfg):
         cfg.model.dan.pretrained_ckpt = str(dan_path)
     log.info("DAN pre-trained: %s", dan_path)
