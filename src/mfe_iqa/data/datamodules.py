@@ -47,7 +47,7 @@ from mfe_iqa.data.splits import (
     read_split_csv,
     write_split_csv,
 )
-from mfe_iqa.data.transforms import EvalTransform, TrainTransform
+from mfe_iqa.data.transforms import DegradedTwin, EvalTransform, TrainTransform
 from mfe_iqa.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,34 @@ def limit_evenly(items: Sequence[IQAItem], limit: int | None) -> list[IQAItem]:
         raise ValueError(f"data.limit_items must be >= 1 or null, got {limit}")
     picks = np.unique(np.linspace(0, len(items) - 1, int(limit)).round().astype(int))
     return [items[i] for i in picks]
+
+
+def _twin_spec(spec: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``data.degraded_twin`` -> DegradedTwin keywords (checked now, not in a loader worker), or None when off.
+
+    ``null`` or ``enabled: false``: off. Otherwise ``types`` (default: the quality-lowering bank types) and
+    ``levels`` (default 2..5).
+    """
+    if spec is None:
+        return None
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(spec, DictConfig):
+        spec = OmegaConf.to_container(spec, resolve=True)
+    if not isinstance(spec, Mapping):
+        raise ValueError(
+            f"data.degraded_twin must be a mapping (enabled, types, levels) or null, got {spec!r}"
+        )
+    unknown = set(spec) - {"enabled", "types", "levels"}
+    if unknown:
+        raise ValueError(
+            f"data.degraded_twin: unknown key(s) {sorted(unknown)}; known: enabled, types, levels"
+        )
+    if not spec.get("enabled", True):
+        return None
+    kwargs = {k: spec[k] for k in ("types", "levels") if spec.get(k) is not None}
+    DegradedTwin(**kwargs)  # raises on a bad type name or level, naming the key
+    return kwargs
 
 
 class IQADataModule(LightningDataModule):
@@ -104,6 +132,7 @@ class IQADataModule(LightningDataModule):
         use_official_split: bool = False,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        degraded_twin: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.root = Path(os.path.expanduser(str(root)))
@@ -126,6 +155,7 @@ class IQADataModule(LightningDataModule):
         self.pin_memory = bool(pin_memory)
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
         self.eval_transform = EvalTransform(test_mode, self.crop_size, int(test_crops), int(crop_seed))
+        self.degraded_twin = _twin_spec(degraded_twin)
         if self.cache_dir is not None and self.short_side is None:
             raise ValueError(
                 "data.cache_dir needs data.short_side (the size the cached copies are resized to)"
@@ -299,6 +329,7 @@ class IQADataModule(LightningDataModule):
             self.train_items,
             TrainTransform(self.crop_size, self.hflip),
             self.train_crops,
+            twin=DegradedTwin(**self.degraded_twin) if self.degraded_twin is not None else None,
             short_side=self.short_side,
             path_map=self._path_map,
         )

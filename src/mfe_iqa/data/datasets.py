@@ -10,8 +10,15 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from mfe_iqa.data.images import load_rgb
-from mfe_iqa.data.items import BATCH_DIST_TYPE, BATCH_IMAGE, BATCH_INDEX, BATCH_MOS, IQAItem
-from mfe_iqa.data.transforms import EvalTransform, TrainTransform
+from mfe_iqa.data.items import (
+    BATCH_DIST_TYPE,
+    BATCH_IMAGE,
+    BATCH_IMAGE_DEGRADED,
+    BATCH_INDEX,
+    BATCH_MOS,
+    IQAItem,
+)
+from mfe_iqa.data.transforms import DegradedTwin, EvalTransform, TrainTransform, to_tensor
 
 
 def image_key(path: str) -> str:
@@ -47,16 +54,32 @@ class _ItemDataset(Dataset):
 
 
 class IQATrainDataset(_ItemDataset):
-    """``crops_per_image`` random crops of every item per epoch; ``index`` is the item's position."""
+    """``crops_per_image`` random crops of every item per epoch; ``index`` is the item's position.
 
-    def __init__(self, items, transform: TrainTransform, crops_per_image: int = 1, **kwargs):
+    With ``twin`` each sample also holds ``image_degraded``: the same crop through ``twin`` (a distorted copy).
+    """
+
+    def __init__(
+        self,
+        items,
+        transform: TrainTransform,
+        crops_per_image: int = 1,
+        twin: DegradedTwin | None = None,
+        **kwargs,
+    ):
         super().__init__(items, **kwargs)
         if crops_per_image < 1:
             raise ValueError(f"data.train_crops must be >= 1, got {crops_per_image}")
         self.transform = transform
+        self.twin = twin
         self.crops_per_image = int(crops_per_image)
         # Seeded from torch's (seed_everything) state so the main-process loader is reproducible.
-        self.transform.reseed(torch.initial_seed())
+        self.reseed(torch.initial_seed())
+
+    def reseed(self, seed: int) -> None:
+        self.transform.reseed(seed)
+        if self.twin is not None:
+            self.twin.reseed(seed)
 
     def __len__(self) -> int:
         return len(self.items) * self.crops_per_image
@@ -64,7 +87,12 @@ class IQATrainDataset(_ItemDataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         index = i % len(self.items)
         sample = self.labels(index)
-        sample[BATCH_IMAGE] = self.transform(self.load(self.items[index]))  # (3, crop, crop)
+        if self.twin is None:
+            sample[BATCH_IMAGE] = self.transform(self.load(self.items[index]))  # (3, crop, crop)
+            return sample
+        crop = self.transform.crop(self.load(self.items[index]))
+        sample[BATCH_IMAGE] = to_tensor(crop)
+        sample[BATCH_IMAGE_DEGRADED] = to_tensor(self.twin(crop))
         return sample
 
 
@@ -92,6 +120,5 @@ def seed_worker(worker_id: int) -> None:
     so crops differ between workers and epochs yet repeat for the same global seed.
     """
     info = get_worker_info()
-    transform = getattr(info.dataset, "transform", None) if info is not None else None
-    if isinstance(transform, TrainTransform):
-        transform.reseed(info.seed)
+    if info is not None and isinstance(info.dataset, IQATrainDataset):
+        info.dataset.reseed(info.seed)

@@ -13,6 +13,7 @@ BATCH_IMAGE = "image"
 BATCH_MOS = "mos"
 BATCH_DIST_TYPE = "dist_type"
 BATCH_INDEX = "index"
+BATCH_IMAGE_DEGRADED = "image_degraded"  # the crop's degraded twin (data.degraded_twin)
 
 NO_LABEL = -1
 

@@ -10,11 +10,14 @@ Test crops are deterministic: their positions come from a generator seeded with
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 
 import albumentations as A
 import cv2
 import numpy as np
 import torch
+
+from mfe_iqa.data.distortions import DISTORTION_NAMES, NUM_LEVELS, apply_distortion
 
 TEST_MODES = ("crops", "full", "resize")
 
@@ -51,9 +54,75 @@ class TrainTransform:
     def reseed(self, seed: int) -> None:
         self.pipeline.set_random_seed(int(seed) % 2**32)
 
+    def crop(self, image: np.ndarray) -> np.ndarray:
+        """The random (flipped) crop as (crop, crop, 3) uint8."""
+        return self.pipeline(image=upscale_to_min_side(image, self.crop_size))["image"]
+
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        image = upscale_to_min_side(image, self.crop_size)
-        return to_tensor(self.pipeline(image=image)["image"])  # (3, crop, crop)
+        return to_tensor(self.crop(image))  # (3, crop, crop)
+
+
+# Bank types that lower the quality of any photograph (blur, noise, compression, pixel loss): a distorted copy
+# ranks below its source whatever the source's own quality. Left out on purpose: brighten, darken, mean shift,
+# contrast change, high sharpen and the saturation changes can improve an under- or over-exposed, soft or dull
+# photograph, and the colour types (diffusion, shift, quantization, block) and the local ones (jitter,
+# non-eccentricity patch) are mild at low levels on small crops.
+QUALITY_LOWERING_TYPES: tuple[str, ...] = (
+    "gaussian_blur",
+    "lens_blur",
+    "motion_blur",
+    "jpeg2000",
+    "jpeg",
+    "white_noise",
+    "white_noise_color_component",
+    "impulse_noise",
+    "multiplicative_noise",
+    "denoise",
+    "pixelate",
+    "quantization",
+)
+
+
+class DegradedTwin:
+    """A training crop's degraded copy for synthetic quality ranking (RankIQA's idea, without its pre-training).
+
+    Each call draws one of ``types`` (distortion-bank names) and one of ``levels`` (1..5) and distorts the crop
+    with ``apply_distortion``; the system then asks the network to score the copy below its source. ``reseed``
+    is called like ``TrainTransform.reseed`` (once per data-loader worker), on a stream of its own.
+    """
+
+    def __init__(
+        self,
+        types: Sequence[str] = QUALITY_LOWERING_TYPES,
+        levels: Sequence[int] = (2, 3, 4, 5),
+        seed: int | None = None,
+        key: str = "data.degraded_twin",
+    ):
+        if isinstance(types, str) or not list(types):
+            raise ValueError(f"{key}.types must be a non-empty list of distortion names, got {types!r}")
+        unknown = [t for t in types if t not in DISTORTION_NAMES]
+        if unknown:
+            raise ValueError(
+                f"{key}.types: unknown distortion name(s) {unknown}; choose from {list(DISTORTION_NAMES)}"
+            )
+        if isinstance(levels, str | int) or not list(levels):
+            raise ValueError(
+                f"{key}.levels must be a non-empty list of levels 1..{NUM_LEVELS}, got {levels!r}"
+            )
+        bad = [lv for lv in levels if not (isinstance(lv, int) and 1 <= lv <= NUM_LEVELS)]
+        if bad:
+            raise ValueError(f"{key}.levels: {bad} not in 1..{NUM_LEVELS}")
+        self.types = [DISTORTION_NAMES.index(t) for t in types]
+        self.levels = [int(lv) for lv in levels]
+        self.reseed(0 if seed is None else seed)
+
+    def reseed(self, seed: int) -> None:
+        self.rng = np.random.default_rng([int(seed) % 2**32, 0x7219])  # a stream apart from the crops'
+
+    def __call__(self, crop: np.ndarray) -> np.ndarray:
+        type_index = self.types[int(self.rng.integers(len(self.types)))]
+        level = self.levels[int(self.rng.integers(len(self.levels)))]
+        return apply_distortion(crop, type_index, level, self.rng)
 
 
 class EvalTransform:

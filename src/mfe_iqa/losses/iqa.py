@@ -57,6 +57,28 @@ class PairwiseRankLoss(nn.Module):
         return F.relu(self.margin - dp[ordered]).mean()
 
 
+class TwinRankLoss(nn.Module):
+    """Synthetic quality ranking: a crop must score above its own degraded copy (RankIQA's pair constraint).
+
+    ``mean_i max(0, margin - (pred_source_i - pred_degraded_i))`` over the pairs; no MOS is involved, the
+    order comes from the degradation. ``margin`` is on the normalized MOS scale.
+    """
+
+    def __init__(self, margin: float = 0.1) -> None:
+        super().__init__()
+        if margin < 0:
+            raise ValueError(f"system.twin_margin must be >= 0, got {margin}")
+        self.margin = float(margin)
+
+    def forward(self, pred_source: torch.Tensor, pred_degraded: torch.Tensor) -> torch.Tensor:
+        pred_source, pred_degraded = pred_source.float().flatten(), pred_degraded.float().flatten()
+        if pred_source.shape != pred_degraded.shape:
+            raise ValueError(
+                f"TwinRankLoss: {pred_source.numel()} source scores for {pred_degraded.numel()} degraded copies"
+            )
+        return F.relu(self.margin - (pred_source - pred_degraded)).mean()
+
+
 class QualityLoss(nn.Module):
     """The main quality loss: a weighted sum of L1, MSE, PLCC and pairwise-rank terms (weight 0 = off).
 

@@ -22,9 +22,9 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from mfe_iqa.data.items import BATCH_DIST_TYPE, BATCH_IMAGE, BATCH_INDEX, BATCH_MOS
+from mfe_iqa.data.items import BATCH_DIST_TYPE, BATCH_IMAGE, BATCH_IMAGE_DEGRADED, BATCH_INDEX, BATCH_MOS
 from mfe_iqa.errors import UserError
-from mfe_iqa.losses.iqa import DistortionTypeLoss, HighFrequencyLoss, QualityLoss
+from mfe_iqa.losses.iqa import DistortionTypeLoss, HighFrequencyLoss, QualityLoss, TwinRankLoss
 from mfe_iqa.metrics import (
     ImagePredictions,
     best_tracker,
@@ -104,6 +104,10 @@ class IQATrainingModule(L.LightningModule):
 
     Loss = quality_loss(score, mos) + lambda_hf * hf_loss(hf_pred, hf_target) + lambda_dist * dist_loss(logits, type);
     an auxiliary term is skipped (logged as 0) when its weight is 0 or the network does not return its output.
+    With ``lambda_twin > 0`` (synthetic quality ranking) the batch must carry ``image_degraded`` (the data
+    module's ``degraded_twin``): the first ``ceil(twin_fraction * B)`` degraded copies go through the network in
+    the same forward pass as the batch, and ``lambda_twin * TwinRankLoss(twin_margin)`` asks each source crop to
+    score at least ``twin_margin`` above its copy. The other terms see the B source crops only.
 
     ``model_cfg`` (mapping with ``_target_`` or its YAML text) and ``database`` ({"name", "mos_min", "mos_max",
     "lower_better"}) are written into every checkpoint under ``checkpoint["mfe_iqa"]``. Through
@@ -126,6 +130,9 @@ class IQATrainingModule(L.LightningModule):
         backbone_lr_mult: float = 1.0,
         weight_decay: float = 0.0,
         fit_5_parameter: bool = False,
+        lambda_twin: float = 0.0,
+        twin_margin: float = 0.1,
+        twin_fraction: float = 1.0,
         model_cfg: Mapping | str | None = None,
         database: Mapping | None = None,
         test_set_names: Sequence[str] | None = None,
@@ -139,7 +146,14 @@ class IQATrainingModule(L.LightningModule):
             raise ValueError(
                 f"system.lambda_hf ({lambda_hf}) and system.lambda_dist ({lambda_dist}) must be >= 0"
             )
+        if lambda_twin < 0 or not 0 < twin_fraction <= 1:
+            raise ValueError(
+                f"system.lambda_twin ({lambda_twin}) must be >= 0 and system.twin_fraction ({twin_fraction}) in (0, 1]"
+            )
         self.net = net
+        self.lambda_twin = float(lambda_twin)
+        self.twin_fraction = float(twin_fraction)
+        self.twin_loss = TwinRankLoss(twin_margin)
         self.quality_loss = quality_loss if quality_loss is not None else QualityLoss()
         self.hf_loss = hf_loss if hf_loss is not None else HighFrequencyLoss()
         self.dist_loss = dist_loss if dist_loss is not None else DistortionTypeLoss()
@@ -162,6 +176,9 @@ class IQATrainingModule(L.LightningModule):
                 "weight_decay": self.weight_decay,
                 "scheduler_interval": scheduler_interval,
                 "fit_5_parameter": self.fit_5_parameter,
+                "lambda_twin": self.lambda_twin,
+                "twin_margin": self.twin_loss.margin,
+                "twin_fraction": self.twin_fraction,
                 "database": self.database,
             }
         )
@@ -241,9 +258,12 @@ class IQATrainingModule(L.LightningModule):
         image = batch[BATCH_IMAGE]  # (B, 3, h, w)
         if image.ndim != 4:
             raise ValueError(f"train batch 'image' must be (B, 3, h, w), got {tuple(image.shape)}")
-        losses = self.compute_losses(self(image), batch)
-        self._stop_on_non_finite(losses, batch_idx)
         bs = image.shape[0]
+        if self.lambda_twin > 0:
+            losses = self._losses_with_twins(image, batch)
+        else:
+            losses = self.compute_losses(self(image), batch)
+        self._stop_on_non_finite(losses, batch_idx)
         for name, value in losses.items():
             self.log(
                 f"train/{name}",
@@ -255,6 +275,32 @@ class IQATrainingModule(L.LightningModule):
                 prog_bar=name == "loss",
             )
         return losses["loss"]
+
+    def _losses_with_twins(
+        self, image: torch.Tensor, batch: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """One forward pass over the B source crops and their first k degraded copies; adds ``loss_twin``."""
+        twin = batch.get(BATCH_IMAGE_DEGRADED)
+        if twin is None:
+            raise UserError(
+                f"system.lambda_twin={self.lambda_twin:g} needs each training crop's degraded copy in the batch "
+                f"(key {BATCH_IMAGE_DEGRADED!r}): set data.degraded_twin.enabled=true, or system.lambda_twin=0."
+            )
+        if twin.shape != image.shape:
+            raise ValueError(
+                f"batch {BATCH_IMAGE_DEGRADED!r} {tuple(twin.shape)} must match 'image' {tuple(image.shape)}"
+            )
+        bs = image.shape[0]
+        k = max(1, math.ceil(self.twin_fraction * bs))
+        out_all = self(torch.cat([image, twin[:k]]))
+        out = MFENetOutput(*(t[:bs] if t is not None else None for t in out_all))
+        losses = self.compute_losses(out, batch)
+        score = out_all.score.float().reshape(-1)
+        losses["loss_twin"] = self.twin_loss(score[:k], score[bs:])
+        losses["loss"] = losses["loss"] + self.lambda_twin * losses["loss_twin"]
+        # share of pairs already in order (source above its copy): the task's own progress, no MOS involved
+        losses["twin_order_acc"] = (score[:k] > score[bs:]).float().mean().detach()
+        return losses
 
     def _stop_on_non_finite(self, losses: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         """Raise ``NonFiniteLossError`` (step and every term in the message) when the loss is NaN/inf on any rank.
