@@ -180,3 +180,18 @@ def test_twin_weight_without_twins_in_the_batch_says_what_to_set():
         system.training_step(batch, 0)
     with pytest.raises(ValueError, match="twin_fraction"):
         IQATrainingModule(MeanNet(), lambda_twin=1.0, twin_fraction=0.0)
+
+
+def test_twins_without_a_twin_weight_are_reported_once(caplog):
+    system = IQATrainingModule(MeanNet(), quality_loss=QualityLoss(l1=1.0))
+    batch = {
+        BATCH_IMAGE: torch.rand(2, 3, 4, 4),
+        BATCH_MOS: torch.rand(2),
+        BATCH_IMAGE_DEGRADED: torch.rand(2, 3, 4, 4),
+    }
+    with warnings.catch_warnings(), caplog.at_level("WARNING", logger="mfe_iqa.systems.iqa"):
+        warnings.simplefilter("ignore")  # self.log without a trainer
+        system.training_step(batch, 0)
+        system.training_step(batch, 1)
+    unused = [r for r in caplog.records if "system.lambda_twin=0" in r.getMessage()]
+    assert len(unused) == 1 and "data.degraded_twin.enabled=false" in unused[0].getMessage()

@@ -154,6 +154,7 @@ class IQATrainingModule(L.LightningModule):
         self.lambda_twin = float(lambda_twin)
         self.twin_fraction = float(twin_fraction)
         self.twin_loss = TwinRankLoss(twin_margin)
+        self._warned_unused_twins = False
         self.quality_loss = quality_loss if quality_loss is not None else QualityLoss()
         self.hf_loss = hf_loss if hf_loss is not None else HighFrequencyLoss()
         self.dist_loss = dist_loss if dist_loss is not None else DistortionTypeLoss()
@@ -262,6 +263,12 @@ class IQATrainingModule(L.LightningModule):
         if self.lambda_twin > 0:
             losses = self._losses_with_twins(image, batch)
         else:
+            if BATCH_IMAGE_DEGRADED in batch and not self._warned_unused_twins:
+                self._warned_unused_twins = True
+                log.warning(
+                    "data.degraded_twin is on but system.lambda_twin=0: every training crop's degraded copy is "
+                    "made and not used. Set system.lambda_twin > 0, or data.degraded_twin.enabled=false."
+                )
             losses = self.compute_losses(self(image), batch)
         self._stop_on_non_finite(losses, batch_idx)
         for name, value in losses.items():
