@@ -180,7 +180,7 @@ def test_synthetic_quality_ranking_trains_from_the_command_line(tmp_path):
         tmp_path,
         run,
         "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2",
+        "+trainer.limit_train_batches=2",
         "logger=csv_only",
         "data.degraded_twin.enabled=true",
         "data.degraded_twin.types=[jpeg,gaussian_blur]",
