@@ -87,12 +87,10 @@ class IQATrainDataset(_ItemDataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         index = i % len(self.items)
         sample = self.labels(index)
-        if self.twin is None:
-            sample[BATCH_IMAGE] = self.transform(self.load(self.items[index]))  # (3, crop, crop)
-            return sample
-        crop = self.transform.crop(self.load(self.items[index]))
-        sample[BATCH_IMAGE] = to_tensor(crop)
-        sample[BATCH_IMAGE_DEGRADED] = to_tensor(self.twin(crop))
+        crop = self.transform.crop(self.load(self.items[index]))  # (crop, crop, 3) uint8
+        sample[BATCH_IMAGE] = to_tensor(crop)  # (3, crop, crop)
+        if self.twin is not None:
+            sample[BATCH_IMAGE_DEGRADED] = to_tensor(self.twin(crop))
         return sample
 
 
