@@ -96,8 +96,8 @@ class DegradedTwin:
         types: Sequence[str] = QUALITY_LOWERING_TYPES,
         levels: Sequence[int] = (2, 3, 4, 5),
         seed: int | None = None,
-        key: str = "data.degraded_twin",
     ):
+        key = "data.degraded_twin"  # errors name the config key the settings come from
         if isinstance(types, str) or not list(types):
             raise ValueError(f"{key}.types must be a non-empty list of distortion names, got {types!r}")
         unknown = [t for t in types if t not in DISTORTION_NAMES]
