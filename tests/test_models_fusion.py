@@ -110,6 +110,32 @@ def test_ffm_weights_high_frequency_by_attention() -> None:
     torch.testing.assert_close(FFM(2)(x, torch.zeros_like(x)), x)  # no high-frequency content: QEN unchanged
 
 
+def test_ffm_gate_scales_what_it_adds_per_channel() -> None:
+    ffm = FFM(2, reduction=1, gate_init=0.0)
+    with torch.no_grad():
+        for m in ffm.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.zero_()
+                m.bias.zero_()
+        ffm.channel_att[3].bias.copy_(torch.tensor([0.0, math.log(3.0)]))  # a_c = 0.5, 0.75
+        ffm.spatial_att[0].bias.fill_(math.log(1 / 3))  # a_s = 0.25
+    x, h = hand_tensors()
+    torch.testing.assert_close(ffm(x, h), x)  # a closed gate: exactly the QEN features
+    with torch.no_grad():
+        ffm.gate.copy_(torch.tensor([2.0, -1.0]))
+    expected = torch.tensor([2.0 + 2.0 * 0.5 * 0.25 * -1.0, -4.0 - 1.0 * 0.75 * 0.25 * 6.0])
+    torch.testing.assert_close(ffm(x, h), expected.view(1, 2, 1, 1).expand_as(x))
+    assert FFM(2).gate is None and "gate" not in dict(FFM(2).named_parameters())  # default: the plain formula
+
+
+def test_ffm_closed_gate_learns_while_its_attention_waits() -> None:
+    ffm = FFM(4, gate_init=0.0)
+    x, h = torch.randn(2, 4, 5, 5), torch.randn(2, 4, 5, 5)
+    (ffm(x, h) * torch.randn(2, 4, 5, 5)).sum().backward()
+    assert ffm.gate.grad is not None and ffm.gate.grad.abs().min() > 0  # the gate opens from the loss
+    assert all(not p.grad.any() for n, p in ffm.named_parameters() if n != "gate")  # nothing flows past 0
+
+
 def test_branch_projection_resizes_to_qen_resolution() -> None:
     proj = BranchProjection(6, 4).eval()
     assert proj(torch.randn(2, 6, 5, 7), (3, 4)).shape == (2, 4, 3, 4)

@@ -102,6 +102,27 @@ def test_gradients_reach_every_trainable_parameter(fusion: str, hf_fusion: str) 
     assert no_grad == []
 
 
+def test_closed_hf_gate_makes_the_score_independent_of_hfen() -> None:
+    x = torch.rand(2, 3, 48, 48)
+    for gate_init, depends in ((0.0, False), (None, True)):
+        net = tiny(hf_gate_init=gate_init).eval()
+        before = net(x)
+        with torch.no_grad():
+            for p in net.hfen.parameters():
+                p.add_(torch.randn_like(p))
+        after = net(x)
+        assert not torch.equal(before.hf_pred, after.hf_pred)  # the HFEN did change
+        assert torch.equal(before.score, after.score) is not depends, gate_init
+    gated = tiny(hf_gate_init=0.5)
+    assert all(torch.equal(f.gate.detach(), torch.full_like(f.gate, 0.5)) for f in gated.hf_fusions.values())
+    assert sum("gate" in n for n, _ in gated.named_parameters()) == 4  # one per fused stage
+
+
+def test_hf_gate_needs_ffm() -> None:
+    with pytest.raises(ValueError, match=r"hf_gate_init=0.0 gates FFM, but model.hf_fusion='add'"):
+        tiny(hf_fusion="add", hf_gate_init=0.0)
+
+
 def test_frozen_dan_gets_no_gradient_and_keeps_statistics() -> None:
     net = tiny(dan={"freeze": True}).train()
     bn_before = {k: v.clone() for k, v in net.dan.backbone.state_dict().items() if "running" in k}

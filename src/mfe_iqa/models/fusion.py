@@ -91,9 +91,16 @@ class FFM(nn.Module):
     attention computed from both branches decides *which* high-frequency channels matter for the current
     QEN features, a spatial attention computed from H decides *where* (texture and edges), and
     Z = X + a_c(X, H) * a_s(H) * H. The residual form keeps the QEN path intact when the weights go to zero.
+
+    ``gate_init``: None (default) is the formula above. A number adds a learnable per-channel scale g, initialized
+    to that value: Z = X + g * a_c * a_s * H (ReZero / layer scale). With 0.0 the network starts exactly as
+    without HFEN (a freshly initialized branch adds no noise to the QEN features) and lets the high-frequency
+    path in as g learns; the HFEN still trains from its own auxiliary loss meanwhile.
     """
 
-    def __init__(self, channels: int, reduction: int = 4, spatial_kernel: int = 7) -> None:
+    def __init__(
+        self, channels: int, reduction: int = 4, spatial_kernel: int = 7, gate_init: float | None = None
+    ) -> None:
         super().__init__()
         mid = max(channels // reduction, 1)
         self.channel_att = nn.Sequential(
@@ -107,20 +114,26 @@ class FFM(nn.Module):
             nn.Conv2d(2, 1, spatial_kernel, padding=spatial_kernel // 2),
             nn.Sigmoid(),
         )
+        self.gate: nn.Parameter | None = None
+        if gate_init is not None:
+            self.gate = nn.Parameter(torch.full((channels,), float(gate_init)))  # (C,), no weight decay (1-D)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         a_c = self.channel_att(torch.cat([x, h], dim=1))  # (B, C, 1, 1)
         stats = torch.cat([h.mean(dim=1, keepdim=True), h.amax(dim=1, keepdim=True)], dim=1)  # (B, 2, H, W)
         a_s = self.spatial_att(stats)  # (B, 1, H, W)
-        return x + a_c * a_s * h
+        added = a_c * a_s * h  # (B, C, H, W)
+        if self.gate is not None:
+            added = self.gate.view(1, -1, 1, 1) * added
+        return x + added
 
 
 FUSION_KINDS = ("aff", "iaff", "add", "concat")
 HF_FUSION_KINDS = ("ffm", "add", "concat")
 
 
-def build_fusion(kind: str, channels: int, reduction: int = 4) -> nn.Module:
-    """A fusion module by name: aff | iaff | add | concat | ffm."""
+def build_fusion(kind: str, channels: int, reduction: int = 4, gate_init: float | None = None) -> nn.Module:
+    """A fusion module by name: aff | iaff | add | concat | ffm (``gate_init`` only applies to ffm)."""
     if kind == "aff":
         return AFF(channels, reduction)
     if kind == "iaff":
@@ -130,7 +143,7 @@ def build_fusion(kind: str, channels: int, reduction: int = 4) -> nn.Module:
     if kind == "concat":
         return ConcatFusion(channels)
     if kind == "ffm":
-        return FFM(channels, reduction)
+        return FFM(channels, reduction, gate_init=gate_init)
     raise ValueError(
         f"Unknown fusion '{kind}'; choose one of aff, iaff, add, concat (DAN) or ffm, add, concat (HFEN)."
     )

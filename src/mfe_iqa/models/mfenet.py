@@ -88,6 +88,8 @@ class MFENet(nn.Module):
       hf_fusion: how HFEN features enter QEN (ffm | add | concat)
       fuse_stages: QEN stage indices (0..3) after which the branches are fused
       fusion_reduction: channel bottleneck ratio of MS-CAM and FFM
+      hf_gate_init: None, or the initial value of a learnable per-channel scale on what FFM adds
+                    (0.0: the HFEN path starts closed and opens as it learns; needs hf_fusion=ffm)
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class MFENet(nn.Module):
         hf_fusion: str = "ffm",
         fuse_stages: Sequence[int] = (0, 1, 2, 3),
         fusion_reduction: int = 4,
+        hf_gate_init: float | None = None,
     ) -> None:
         super().__init__()
         qen_opts = merge_options("qen", qen, QEN_DEFAULTS)
@@ -115,6 +118,11 @@ class MFENet(nn.Module):
             raise ValueError(f"model.fusion='{fusion}': choose one of {FUSION_KINDS}.")
         if hf_fusion not in HF_FUSION_KINDS:
             raise ValueError(f"model.hf_fusion='{hf_fusion}': choose one of {HF_FUSION_KINDS}.")
+        if hf_gate_init is not None and hf_fusion != "ffm":
+            raise ValueError(
+                f"model.hf_gate_init={hf_gate_init} gates FFM, but model.hf_fusion='{hf_fusion}'; "
+                "set model.hf_fusion=ffm or model.hf_gate_init=null."
+            )
         self.use_hfen = bool(use_hfen)
         self.use_dan = bool(use_dan)
         self.fuse_stages = fuse_stages
@@ -165,7 +173,9 @@ class MFENet(nn.Module):
             self.hf_target = HighFrequencyTarget(float(hfen_opts["target_sigma"]))
             for i in fuse_stages:
                 self.hf_projs[str(i)] = BranchProjection(self.hfen.channels[i], widths[i])
-                self.hf_fusions[str(i)] = build_fusion(hf_fusion, widths[i], fusion_reduction)
+                self.hf_fusions[str(i)] = build_fusion(
+                    hf_fusion, widths[i], fusion_reduction, gate_init=hf_gate_init
+                )
 
         self.head = RegressionHead(
             widths[-1],
