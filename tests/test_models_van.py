@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mfe_iqa.models.van import VAN, VANCheckpointError, van_param_count
+from mfe_iqa.models.van import (
+    VAN,
+    LargeKernelAttention,
+    VANCheckpointError,
+    dilated_depthwise_by_phases,
+    van_param_count,
+)
 
 # Published sizes (VAN paper, Table / VAN-Classification README), in millions, with the ImageNet head.
 PUBLISHED_PARAMS_M = {"van_b0": 4.1, "van_b1": 13.9, "van_b2": 26.6, "van_b3": 44.8}
@@ -125,3 +131,40 @@ def test_classifier_output_and_unknown_variant() -> None:
         assert model(torch.rand(2, 3, 32, 32)).shape == (2, 7)
     with pytest.raises(ValueError, match="van_b9"):
         VAN("van_b9")
+
+
+@pytest.mark.parametrize("size", [(16, 16), (17, 22), (30, 19), (5, 7)])
+def test_dilated_depthwise_by_phases_equals_the_dilated_conv(size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 6, 7, padding=9, groups=6, dilation=3)
+    x = torch.randn(2, 6, *size, requires_grad=True)
+    ref = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=9, dilation=3, groups=6)
+    out = dilated_depthwise_by_phases(x, conv)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    grads_ref = torch.autograd.grad(ref, (x, conv.weight, conv.bias), g)
+    grads = torch.autograd.grad(out, (x, conv.weight, conv.bias), g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_lka_takes_the_phase_path_from_the_threshold_on(monkeypatch) -> None:
+    import mfe_iqa.models.van as van
+
+    torch.manual_seed(0)
+    lka = LargeKernelAttention(4).eval()
+    calls = []
+    monkeypatch.setattr(van, "dilated_depthwise_by_phases", lambda x, c: calls.append(x.shape) or c(x))
+    for side in (van.PHASE_MIN_SIDE - 1, van.PHASE_MIN_SIDE):
+        lka(torch.randn(1, 4, side, side + 3))
+    assert calls == [(1, 4, van.PHASE_MIN_SIDE, van.PHASE_MIN_SIDE + 3)]
+
+
+def test_lka_scripted_and_traced_match_eager() -> None:
+    torch.manual_seed(0)
+    lka = LargeKernelAttention(4).eval()
+    x = torch.randn(2, 4, 20, 18)  # eager takes the phase path; the graphs use the plain dilated conv
+    scripted, traced = torch.jit.script(lka), torch.jit.trace(lka, x, check_trace=False)
+    y = torch.randn(1, 4, 33, 24)
+    for graph in (scripted, traced):
+        torch.testing.assert_close(graph(y), lka(y), rtol=1e-5, atol=1e-5)

@@ -8,8 +8,9 @@ so that the official ImageNet checkpoints load by key from a local file.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -70,10 +71,59 @@ class ConvMlp(nn.Module):
         return self.drop(self.fc2(x))
 
 
+# Smallest map side from which the dilated depth-wise conv runs by phases on the CPU (below, the plain call is
+# faster: a 16x16 map of 64 channels took 26 ms by phases against 37 ms, an 8x8 map 29 against 20 ms; batch 16,
+# forward + backward, one thread; `python -m mfe_iqa.models.van` prints these figures for this machine).
+PHASE_MIN_SIDE = 16
+# False: LKA always calls its dilated conv plainly (the reference; `benchmark_phases` toggles it).
+CPU_FAST_DILATED_CONV = True
+
+
+def dilated_depthwise_by_phases(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """The same result as ``conv(x)`` for a depth-wise "same" conv with dilation d, computed without dilation.
+
+    Output pixel (d*a + r, d*b + s) only reads input pixels of the same phase (r, s), d apart; so the map is
+    split into its d*d phase sub-maps (stacked on the batch axis), each convolved by the undilated kernel,
+    and interleaved back. PyTorch's CPU kernels for dilated depth-wise convs are several times slower per tap
+    than undilated ones. (B, C, H, W) -> (B, C, H, W); H and W are zero-padded to a multiple of d, which is
+    what the conv's own zero padding reads there.
+    """
+    d = conv.dilation[0]
+    k = conv.kernel_size[0]
+    b, c, h, w = x.shape
+    hp, wp = -(-h // d) * d, -(-w // d) * d
+    x = nn.functional.pad(x, (0, wp - w, 0, hp - h))
+    phases = x.view(b, c, hp // d, d, wp // d, d).permute(0, 3, 5, 1, 2, 4)  # (B, d, d, C, H/d, W/d)
+    phases = phases.reshape(b * d * d, c, hp // d, wp // d)
+    y = nn.functional.conv2d(phases, conv.weight, conv.bias, padding=k // 2, groups=conv.groups)
+    y = y.view(b, d, d, c, hp // d, wp // d).permute(0, 3, 4, 1, 5, 2).reshape(b, c, hp, wp)
+    return y[:, :, :h, :w]
+
+
+def dilated_depthwise_in_reach(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """The same result as ``conv(x)`` for a "same" dilated conv, leaving out the taps that only read padding.
+
+    On a map of side n, a tap at offset d*j (j = -k//2 .. k//2) reads the map only where |d*j| <= n - 1; the
+    others multiply the zero padding everywhere. VAN's 7x7 dilation-3 conv reaches 9 pixels: on the 4x4 maps
+    of a 128-px input's last stage 40 of its 49 taps are padding. (B, C, H, W) -> (B, C, H, W).
+    """
+    d, k = conv.dilation[0], conv.kernel_size[0]
+    c = k // 2
+    half_h, half_w = min(c, (x.shape[-2] - 1) // d), min(c, (x.shape[-1] - 1) // d)
+    weight = conv.weight[:, :, c - half_h : c + half_h + 1, c - half_w : c + half_w + 1]
+    return nn.functional.conv2d(
+        x, weight, conv.bias, padding=(d * half_h, d * half_w), dilation=d, groups=conv.groups
+    )
+
+
 class LargeKernelAttention(nn.Module):
     """LKA: a 21x21 receptive field decomposed into 5x5 depth-wise, 7x7 depth-wise dilation 3, and 1x1 convs.
 
     The result is an attention map that multiplies the input element-wise (spatial and channel adaptivity).
+    On the CPU, in eager mode, maps from ``PHASE_MIN_SIDE`` pixels on run the dilated conv by phases
+    (``dilated_depthwise_by_phases``) and smaller ones without the taps that only read padding
+    (``dilated_depthwise_in_reach``): the same numbers up to float rounding, faster. Scripted, traced,
+    exported or compiled graphs and other devices use the plain call.
     """
 
     def __init__(self, dim: int) -> None:
@@ -83,8 +133,30 @@ class LargeKernelAttention(nn.Module):
         self.conv1 = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        attn = self.conv1(self.conv_spatial(self.conv0(x)))
-        return x * attn
+        attn = self.conv0(x)
+        if torch.jit.is_scripting():  # TorchScript compiles this branch only
+            attn = self.conv_spatial(attn)
+        elif _eager_cpu(attn):
+            if min(attn.shape[-2:]) >= PHASE_MIN_SIDE:
+                attn = dilated_depthwise_by_phases(attn, self.conv_spatial)
+            else:
+                attn = dilated_depthwise_in_reach(attn, self.conv_spatial)
+        else:
+            attn = self.conv_spatial(attn)
+        return x * self.conv1(attn)
+
+
+def _eager_cpu(x: torch.Tensor) -> bool:
+    """On the CPU and in eager mode: not scripted, traced, exported or compiled (their graphs must not bake in
+    a choice made from one input's size)."""
+    if not CPU_FAST_DILATED_CONV or x.device.type != "cpu":
+        return False
+    return not (
+        torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+    )
 
 
 class SpatialAttention(nn.Module):
@@ -280,3 +352,72 @@ def van_param_count(variant: str, num_classes: int = 1000) -> int:
 def stage_channels(variant: str) -> Sequence[int]:
     """The four stage widths of a variant without building it."""
     return VAN_VARIANTS[variant].embed_dims
+
+
+def benchmark_phases(
+    variant: str = "van_b0", batch: int = 16, size: int = 128, repeats: int = 5
+) -> list[str]:
+    """Forward + backward milliseconds of LKA's dilated conv, plain vs the CPU fast path, per stage and whole VAN.
+
+    The two ways alternate within one run, so that a change of load hits both alike (the ratio is what to
+    read; the absolute times depend on the machine and its load). Returns the printed lines.
+    """
+    import time
+
+    global CPU_FAST_DILATED_CONV
+    saved = CPU_FAST_DILATED_CONV
+
+    def alternate(ways: dict[str, Callable[[], torch.Tensor]]) -> dict[str, float]:
+        totals = dict.fromkeys(ways, 0.0)
+        for i in range(repeats + 1):  # the first round warms up
+            for name, fn in ways.items():
+                start = time.perf_counter()
+                fn().sum().backward()
+                if i > 0:
+                    totals[name] += (time.perf_counter() - start) / repeats * 1000
+        return totals
+
+    lines = [f"{variant}, batch {batch}, {size} px, {torch.get_num_threads()} thread(s), fwd + bwd ms:"]
+    torch.manual_seed(0)
+    for width, stride in zip(VAN_VARIANTS[variant].embed_dims, (4, 8, 16, 32)):
+        side = -(-size // stride)
+        conv = nn.Conv2d(width, width, 7, padding=9, groups=width, dilation=3)
+        x = torch.randn(batch, width, side, side, requires_grad=True)
+        fast, how = (
+            (dilated_depthwise_by_phases, "by phases")
+            if side >= PHASE_MIN_SIDE
+            else (dilated_depthwise_in_reach, "taps in reach")
+        )
+        t = alternate({"plain": partial(conv, x), "fast": partial(fast, x, conv)})
+        lines.append(
+            f"  dilated 7x7 conv, {width} ch at {side}x{side}: plain {t['plain']:.1f}, {how} {t['fast']:.1f} "
+            f"(x{t['plain'] / t['fast']:.2f})"
+        )
+    model = VAN(variant, num_classes=1).train()
+    images = torch.rand(batch, 3, size, size)
+
+    def step(fast: bool) -> torch.Tensor:
+        global CPU_FAST_DILATED_CONV
+        CPU_FAST_DILATED_CONV = fast
+        return model(images)
+
+    try:
+        t = alternate({"plain": partial(step, False), "fast": partial(step, True)})
+    finally:
+        CPU_FAST_DILATED_CONV = saved
+    lines.append(
+        f"  whole {variant}: plain {t['plain']:.0f}, fast path {t['fast']:.0f} (x{t['plain'] / t['fast']:.2f})"
+    )
+    return lines
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Time VAN's dilated depth-wise conv, plain vs by phases.")
+    parser.add_argument("--variant", default="van_b0", choices=sorted(VAN_VARIANTS))
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    print("\n".join(benchmark_phases(args.variant, args.batch, args.size, args.repeats)))
