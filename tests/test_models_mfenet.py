@@ -118,6 +118,19 @@ def test_closed_hf_gate_makes_the_score_independent_of_hfen() -> None:
     assert sum("gate" in n for n, _ in gated.named_parameters()) == 4  # one per fused stage
 
 
+def test_channels_last_network_computes_the_same() -> None:
+    x = torch.rand(2, 3, 48, 48)
+    no_dropout = {"dropout": 0.0}  # train mode (batch statistics), without random masks
+    ref = tiny(head=no_dropout).train()
+    cl = tiny(head=no_dropout).train().to(memory_format=torch.channels_last)
+    outs = [net(inp) for net, inp in ((ref, x), (cl, x.contiguous(memory_format=torch.channels_last)))]
+    for out in outs:
+        (out.score.sum() + out.hf_pred.mean() + out.dist_logits.sum()).backward()
+    torch.testing.assert_close(outs[1].score, outs[0].score, rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(ref.named_parameters(), cl.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-4, msg=name)
+
+
 def test_hf_gate_needs_ffm() -> None:
     with pytest.raises(ValueError, match=r"hf_gate_init=0.0 gates FFM, but model.hf_fusion='add'"):
         tiny(hf_fusion="add", hf_gate_init=0.0)

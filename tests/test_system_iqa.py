@@ -276,6 +276,26 @@ def test_checkpoint_meta_and_wrong_files(tmp_path):
         load_net_from_checkpoint(tmp_path / "text.ckpt")
 
 
+def test_channels_last_changes_the_layout_not_the_training(tmp_path):
+    train = DataLoader(NoiseDB(32, seed=1), batch_size=8, shuffle=False)
+    systems, trainers = {}, {}
+    for cl in (False, True):
+        systems[cl] = make_system(channels_last=cl)  # the same seed: the same initial weights
+        trainers[cl] = make_trainer(tmp_path / str(cl), max_steps=3)
+        trainers[cl].fit(systems[cl], train)
+    weight = systems[True].net.conv.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    assert systems[False].net.conv.weight.is_contiguous()
+    for (name, p), q in zip(systems[False].net.named_parameters(), systems[True].net.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)  # three AdamW steps later
+    path = tmp_path / "cl.ckpt"
+    trainers[True].save_checkpoint(path)
+    net, _ = load_net_from_checkpoint(path)  # an ordinary (contiguous) network
+    assert net.conv.weight.is_contiguous()
+    x = torch.rand(2, 3, SIZE, SIZE)
+    torch.testing.assert_close(net(x).score, systems[True].net.eval()(x).score)
+
+
 def test_instantiated_model_cfg_is_refused():
     with pytest.raises(TypeError, match="YAML text"):
         make_system(model_cfg=TinyNet())

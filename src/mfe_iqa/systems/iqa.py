@@ -108,6 +108,9 @@ class IQATrainingModule(L.LightningModule):
     module's ``degraded_twin``): the first ``ceil(twin_fraction * B)`` degraded copies go through the network in
     the same forward pass as the batch, and ``lambda_twin * TwinRankLoss(twin_margin)`` asks each source crop to
     score at least ``twin_margin`` above its copy. The other terms see the B source crops only.
+    ``channels_last``: the network's 4-D weights and every input batch in channels-last memory layout (a speed
+    setting: the same function up to float rounding; on the CPU it runs VAN's depth-wise convolutions about
+    1.3x faster, README "Real photographs on a CPU").
 
     ``model_cfg`` (mapping with ``_target_`` or its YAML text) and ``database`` ({"name", "mos_min", "mos_max",
     "lower_better"}) are written into every checkpoint under ``checkpoint["mfe_iqa"]``. Through
@@ -133,6 +136,7 @@ class IQATrainingModule(L.LightningModule):
         lambda_twin: float = 0.0,
         twin_margin: float = 0.1,
         twin_fraction: float = 1.0,
+        channels_last: bool = False,
         model_cfg: Mapping | str | None = None,
         database: Mapping | None = None,
         test_set_names: Sequence[str] | None = None,
@@ -151,6 +155,9 @@ class IQATrainingModule(L.LightningModule):
                 f"system.lambda_twin ({lambda_twin}) must be >= 0 and system.twin_fraction ({twin_fraction}) in (0, 1]"
             )
         self.net = net
+        self.channels_last = bool(channels_last)
+        if self.channels_last:  # before the optimizer and the EMA copy exist, so both see the new layout
+            self.net.to(memory_format=torch.channels_last)
         self.lambda_twin = float(lambda_twin)
         self.twin_fraction = float(twin_fraction)
         self.twin_loss = TwinRankLoss(twin_margin)
@@ -180,6 +187,7 @@ class IQATrainingModule(L.LightningModule):
                 "lambda_twin": self.lambda_twin,
                 "twin_margin": self.twin_loss.margin,
                 "twin_fraction": self.twin_fraction,
+                "channels_last": self.channels_last,
                 "database": self.database,
             }
         )
@@ -201,6 +209,8 @@ class IQATrainingModule(L.LightningModule):
     # ----------------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> MFENetOutput:
         """x: (B, 3, H, W) in [0, 1] -> the network's output."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         out = self.net(x)
         if not isinstance(out, MFENetOutput):
             raise TypeError(f"the network must return MFENetOutput, got {type(out).__name__}")
