@@ -168,3 +168,11 @@ def test_lka_scripted_and_traced_match_eager() -> None:
     y = torch.randn(1, 4, 33, 24)
     for graph in (scripted, traced):
         torch.testing.assert_close(graph(y), lka(y), rtol=1e-5, atol=1e-5)
+
+
+def test_phase_benchmark_prints_every_stage_and_restores_the_switch() -> None:
+    import mfe_iqa.models.van as van
+
+    lines = van.benchmark_phases(batch=2, size=64, repeats=1)  # stage maps 16, 8, 4, 2 px
+    assert len(lines) == 6 and "by phases" in lines[1] and "taps in reach" in lines[4]
+    assert "whole van_b0" in lines[5] and van.CPU_FAST_DILATED_CONV is True

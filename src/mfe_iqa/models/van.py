@@ -394,19 +394,24 @@ def benchmark_phases(
             f"(x{t['plain'] / t['fast']:.2f})"
         )
     model = VAN(variant, num_classes=1).train()
+    model_cl = VAN(variant, num_classes=1).train().to(memory_format=torch.channels_last)
     images = torch.rand(batch, 3, size, size)
+    images_cl = images.contiguous(memory_format=torch.channels_last)
 
-    def step(fast: bool) -> torch.Tensor:
+    def step(fast: bool, channels_last: bool = False) -> torch.Tensor:
         global CPU_FAST_DILATED_CONV
         CPU_FAST_DILATED_CONV = fast
-        return model(images)
+        return model_cl(images_cl) if channels_last else model(images)
 
     try:
-        t = alternate({"plain": partial(step, False), "fast": partial(step, True)})
+        t = alternate(
+            {"plain": partial(step, False), "fast": partial(step, True), "fast_cl": partial(step, True, True)}
+        )
     finally:
         CPU_FAST_DILATED_CONV = saved
     lines.append(
-        f"  whole {variant}: plain {t['plain']:.0f}, fast path {t['fast']:.0f} (x{t['plain'] / t['fast']:.2f})"
+        f"  whole {variant}: plain {t['plain']:.0f}, fast path {t['fast']:.0f} (x{t['plain'] / t['fast']:.2f}), "
+        f"fast path in channels-last (system.channels_last) {t['fast_cl']:.0f} (x{t['plain'] / t['fast_cl']:.2f})"
     )
     return lines
 
