@@ -94,8 +94,8 @@ def test_concat_fusion_is_projection_of_concatenation() -> None:
     torch.testing.assert_close(z, torch.stack([x[:, 0], y[:, 0], x[:, 2] - y[:, 2]], dim=1))
 
 
-def test_ffm_weights_high_frequency_by_attention() -> None:
-    ffm = FFM(2, reduction=1)
+def fixed_ffm_attention(ffm: FFM) -> FFM:
+    """A two-channel FFM whose attentions are constants: a_c = (0.5, 0.75), a_s = 0.25 (gate untouched)."""
     with torch.no_grad():
         for m in ffm.modules():
             if isinstance(m, nn.Conv2d):
@@ -103,6 +103,11 @@ def test_ffm_weights_high_frequency_by_attention() -> None:
                 m.bias.zero_()
         ffm.channel_att[3].bias.copy_(torch.tensor([0.0, math.log(3.0)]))  # a_c = 0.5, 0.75
         ffm.spatial_att[0].bias.fill_(math.log(1 / 3))  # a_s = 0.25
+    return ffm
+
+
+def test_ffm_weights_high_frequency_by_attention() -> None:
+    ffm = fixed_ffm_attention(FFM(2, reduction=1))
     x, h = hand_tensors()
     z = ffm(x, h)
     expected = torch.tensor([2.0 + 0.5 * 0.25 * -1.0, -4.0 + 0.75 * 0.25 * 6.0]).view(1, 2, 1, 1).expand_as(z)
@@ -111,14 +116,7 @@ def test_ffm_weights_high_frequency_by_attention() -> None:
 
 
 def test_ffm_gate_scales_what_it_adds_per_channel() -> None:
-    ffm = FFM(2, reduction=1, gate_init=0.0)
-    with torch.no_grad():
-        for m in ffm.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.zero_()
-                m.bias.zero_()
-        ffm.channel_att[3].bias.copy_(torch.tensor([0.0, math.log(3.0)]))  # a_c = 0.5, 0.75
-        ffm.spatial_att[0].bias.fill_(math.log(1 / 3))  # a_s = 0.25
+    ffm = fixed_ffm_attention(FFM(2, reduction=1, gate_init=0.0))
     x, h = hand_tensors()
     torch.testing.assert_close(ffm(x, h), x)  # a closed gate: exactly the QEN features
     with torch.no_grad():
