@@ -74,6 +74,17 @@ def test_demo_generation_is_deterministic(demo_root, tmp_path):
     assert np.array_equal(load_rgb(other / "images" / name), load_rgb(demo_root / "images" / name))
 
 
+def test_demo_refuses_bad_parameters_before_writing_anything(tmp_path):
+    root = tmp_path / "demo"
+    with pytest.raises(ValueError, match=r"demo dist_types: unknown distortion name\(s\) \['warp'\]"):
+        ensure_demo(root, **{**TINY, "dist_types": ["jpeg", "warp"]})
+    with pytest.raises(ValueError, match="demo dist_types must be a non-empty list"):
+        ensure_demo(root, **{**TINY, "dist_types": []})
+    with pytest.raises(ValueError, match=r"demo levels must be in 1..5, got \[0, 3\]"):
+        ensure_demo(root, **{**TINY, "levels": [0, 3]})
+    assert list(tmp_path.iterdir()) == []
+
+
 def _generate(root: str) -> str:
     return str(ensure_demo(root, **{**TINY, "num_refs": 2}))
 

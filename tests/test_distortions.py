@@ -15,6 +15,7 @@ from mfe_iqa.data.distortions import (
     NUM_LEVELS,
     apply_distortion,
     is_gray,
+    type_indices,
 )
 
 KADID_ORDER = [
@@ -125,6 +126,36 @@ def test_bad_input_is_refused_clearly():
         apply_distortion(img, 25, 1)
     with pytest.raises(ValueError, match="level"):
         apply_distortion(img, 0, 0)
+
+
+def test_type_indices_reads_names_and_indices_against_kadids_numbering():
+    # KADID-10k's readme numbers the types 1..25 in KADID_ORDER: jpeg is #10, contrast change #25
+    assert type_indices(["jpeg", "gaussian_blur"], "k") == [9, 0]
+    assert type_indices(["contrast_change", 3, "24"], "k", indices=True) == [24, 3, 24]
+
+
+class _ConfigError(ValueError):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("types", "indices", "message"),
+    [
+        ([], False, r"my.key must be a non-empty list of distortion names, got \[\]"),
+        ("jpeg", False, r"my.key must be a non-empty list of distortion names, got 'jpeg'"),
+        # every unknown name at once, and a digit string is not a name unless indices are allowed
+        (
+            ["jpeg", "blurry", "3", "nois"],
+            False,
+            r"my.key: unknown distortion name\(s\) \['blurry', '3', 'nois'\]",
+        ),
+        ([0, 25, "-1"], True, r"my.key: unknown distortion name\(s\) \['-1'\]"),
+        ([0, 25, 31], True, r"my.key: index\(es\) \[25, 31\] outside 0..24"),
+    ],
+)
+def test_type_indices_refuses_bad_lists_naming_the_key(types, indices, message):
+    with pytest.raises(_ConfigError, match=message):
+        type_indices(types, "my.key", indices=indices, error=_ConfigError)
 
 
 def test_chroma_only_types_are_exactly_those_that_leave_gray_images_unchanged():

@@ -247,7 +247,9 @@ def test_datamodule_errors_name_the_problem(tmp_path, pristine_folder):
         PretrainDataModule(image_paths=[str(tmp_path / "missing.png")]).setup()
     with pytest.raises(PretrainDataError, match="num_val_images"):
         PretrainDataModule(folders=[str(pristine_folder)], num_val_images=5).setup()
-    with pytest.raises(PretrainDataError, match="unknown distortion 'blurry'"):
+    with pytest.raises(
+        PretrainDataError, match=r"pretrain_data.types: unknown distortion name\(s\) \['blurry'\]"
+    ):
         PretrainDataModule(folders=[str(pristine_folder)], types=["blurry"])
 
 

@@ -92,14 +92,12 @@ def pseudo_mos(pristine: np.ndarray, distorted: np.ndarray) -> float:
 
 
 def _parameters(num_refs, dist_types, levels, short_side, seed) -> dict:
-    from mfe_iqa.data.distortions import DISTORTION_NAMES, NUM_LEVELS
+    from mfe_iqa.data.distortions import NUM_LEVELS, type_indices
 
     refs = list(DEMO_REFERENCES if num_refs is None else DEMO_REFERENCES[: int(num_refs)])
     if not 1 <= len(refs) <= len(DEMO_REFERENCES):
         raise ValueError(f"demo num_refs must be in 1..{len(DEMO_REFERENCES)}, got {num_refs}")
-    unknown = [t for t in dist_types if t not in DISTORTION_NAMES]
-    if unknown or not dist_types:
-        raise ValueError(f"demo dist_types {unknown or '[]'}: choose names from {list(DISTORTION_NAMES)}")
+    type_indices(dist_types, "demo dist_types")
     bad_levels = [lv for lv in levels if not 1 <= int(lv) <= NUM_LEVELS]
     if bad_levels or not levels:
         raise ValueError(f"demo levels must be in 1..{NUM_LEVELS}, got {list(levels)}")

@@ -13,7 +13,7 @@ Run ``python -m mfe_iqa.data.distortions`` to print images/s per type at 256x256
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -410,6 +410,35 @@ _FUNCS: tuple[Callable[[np.ndarray, float, np.random.Generator], np.ndarray], ..
     _high_sharpen,
     _contrast_change,
 )
+
+
+def type_indices(
+    types: Sequence[str | int], key: str, *, indices: bool = False, error: type[Exception] = ValueError
+) -> list[int]:
+    """The 0-based bank indices of ``types`` (distortion names; with ``indices`` also 0-based indices, as
+    ints or digit strings from a command line), in the given order.
+
+    The one check of a configured list of distortion types: raises ``error`` naming the config ``key`` for a
+    bare string or an empty list, for every unknown name at once (with the names to choose from), and for an
+    index outside 0..24.
+    """
+    what = "distortion names or 0-based indices" if indices else "distortion names"
+    if isinstance(types, str) or not list(types):
+        raise error(f"{key} must be a non-empty list of {what}, got {types!r}")
+    out, unknown, outside = [], [], []
+    for t in types:
+        if indices and (isinstance(t, int) or (isinstance(t, str) and t.isdigit())):
+            i = int(t)
+            (out if 0 <= i < len(DISTORTION_NAMES) else outside).append(i)
+        elif isinstance(t, str) and t in DISTORTION_NAMES:
+            out.append(DISTORTION_NAMES.index(t))
+        else:
+            unknown.append(t)
+    if unknown:
+        raise error(f"{key}: unknown distortion name(s) {unknown}; choose from {list(DISTORTION_NAMES)}")
+    if outside:
+        raise error(f"{key}: index(es) {outside} outside 0..{len(DISTORTION_NAMES) - 1}")
+    return out
 
 
 def apply_distortion(

@@ -35,6 +35,7 @@ from mfe_iqa.data.distortions import (
     NUM_LEVELS,
     apply_distortion,
     is_gray,
+    type_indices,
 )
 from mfe_iqa.data.images import IMAGE_SUFFIXES, load_rgb
 from mfe_iqa.data.synthetic import dead_leaves
@@ -71,20 +72,7 @@ def resolve_types(types: Sequence[int | str] | None) -> list[int]:
     """Type indices (0-based) from names or indices; None means all 25."""
     if types is None:
         return list(range(NUM_TYPES))
-    out = []
-    for t in types:
-        if isinstance(t, str) and not t.isdigit():
-            if t not in DISTORTION_NAMES:
-                raise PretrainDataError(
-                    f"pretrain_data.types: unknown distortion '{t}'; choose from {DISTORTION_NAMES}"
-                )
-            out.append(DISTORTION_NAMES.index(t))
-        else:
-            i = int(t)
-            if not 0 <= i < NUM_TYPES:
-                raise PretrainDataError(f"pretrain_data.types: index {i} is outside 0..{NUM_TYPES - 1}")
-            out.append(i)
-    return sorted(set(out))
+    return sorted(set(type_indices(types, "pretrain_data.types", indices=True, error=PretrainDataError)))
 
 
 def class_list(types: Sequence[int], include_pristine: bool = True) -> list[int]:

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from mfe_iqa.data.distortions import DISTORTION_NAMES, NUM_LEVELS, apply_distortion
+from mfe_iqa.data.distortions import NUM_LEVELS, apply_distortion, type_indices
 
 TEST_MODES = ("crops", "full", "resize")
 
@@ -98,13 +98,7 @@ class DegradedTwin:
         seed: int | None = None,
     ):
         key = "data.degraded_twin"  # errors name the config key the settings come from
-        if isinstance(types, str) or not list(types):
-            raise ValueError(f"{key}.types must be a non-empty list of distortion names, got {types!r}")
-        unknown = [t for t in types if t not in DISTORTION_NAMES]
-        if unknown:
-            raise ValueError(
-                f"{key}.types: unknown distortion name(s) {unknown}; choose from {list(DISTORTION_NAMES)}"
-            )
+        self.types = type_indices(types, f"{key}.types")
         if isinstance(levels, str | int) or not list(levels):
             raise ValueError(
                 f"{key}.levels must be a non-empty list of levels 1..{NUM_LEVELS}, got {levels!r}"
@@ -112,7 +106,6 @@ class DegradedTwin:
         bad = [lv for lv in levels if not (isinstance(lv, int) and 1 <= lv <= NUM_LEVELS)]
         if bad:
             raise ValueError(f"{key}.levels: {bad} not in 1..{NUM_LEVELS}")
-        self.types = [DISTORTION_NAMES.index(t) for t in types]
         self.levels = [int(lv) for lv in levels]
         self.reseed(0 if seed is None else seed)
 
