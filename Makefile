@@ -27,8 +27,8 @@ train: $(STAMP) ## The main job on the embedded demo: DAN pre-training, multi-ta
 test: $(STAMP) ## Run the test suite (CPU, tiny configs)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
-bench-livec: $(STAMP) ## plain vs no_hfen vs no_dan vs full MFENet-tiny on the LIVE Challenge sample, one table (BUDGET_MIN=20 min of fit per model, SPLIT=0)
-	$(PY) -m mfe_iqa.cli.livec_table --budget-min $(or $(BUDGET_MIN),20) --split-index $(or $(SPLIT),0)
+bench-livec: $(STAMP) ## plain vs no_hfen vs no_dan vs full MFENet-tiny on the LIVE Challenge sample, one table (BUDGET_MIN=20 min of fit per model, SPLIT=0, OVERRIDES='...' for every run)
+	$(PY) -m mfe_iqa.cli.livec_table --budget-min $(or $(BUDGET_MIN),20) --split-index $(or $(SPLIT),0) $(if $(OVERRIDES),-- $(OVERRIDES))
 
 lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check src tests

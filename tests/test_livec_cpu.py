@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -147,14 +149,40 @@ def test_livec_table_rows_and_markdown(tmp_path):
     (run / "csv" / "metrics.csv").write_text(
         "epoch,step,val/srcc,train/loss\n0,5,0.1,\n0,5,,0.3\n1,10,0.5,\n"
     )
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text("split:\n  index: 0\n  ratios: [0.7, 0.1, 0.2]\n")
     full = read_row("mfenet_tiny", run, 4, 300.0, 0)
     assert full["test_srcc"] == 0.61 and full["epochs"] == 2 and full["wall_min"] == 5.0
     plain = read_row("plain", tmp_path / "absent", 4, 60.0, 1)
     assert plain["status"].startswith("failed")
     text = format_markdown([plain, full], split_index=0, budget_min=4, overrides=[])
     assert "| mfenet_tiny | 0.610 | 0.630 | 0.500 | 2 | 4 |" in text and "split 0" in text
+    assert "split 0 (70/10/20, by image)" in text and "tested: checkpoint selected on val SRCC" in text
     write_csv(tmp_path / "t.csv", [full], 0)
-    assert _read_csv(tmp_path / "t.csv")[0]["test_srcc"] == "0.61"
+    written = _read_csv(tmp_path / "t.csv")[0]
+    assert written["test_srcc"] == "0.61" and written["split_ratios"] == "70/10/20"
+
+    # no validation split (split.ratios=[0.8,0,0.2]): the header says so, and the epochs are the trained ones
+    # (end-of-epoch train/loss rows: epochs 0, 1, 2; step rows without an epoch do not count)
+    nv = tmp_path / "plain_nv"
+    (nv / "csv").mkdir(parents=True)
+    (nv / ".hydra").mkdir()
+    (nv / ".hydra" / "config.yaml").write_text("split:\n  index: 0\n  ratios: [0.8, 0.0, 0.2]\n")
+    (nv / "metrics.json").write_text(
+        json.dumps({"train_db": "livec", "val": None, "test": {"livec": {"srcc": 0.4, "plcc": 0.45}}})
+    )
+    (nv / "csv" / "metrics.csv").write_text(
+        "epoch,step,train/loss,lr-AdamW/head\n,4,,0.001\n0,14,0.5,\n1,29,0.45,\n,34,,0.001\n2,44,0.4,\n"
+    )
+    row = read_row("plain", nv, 4, 60.0, 0)
+    assert row["epochs"] == 3 and row["val_srcc_best"] is None
+    assert row["tested"] == "last epoch (no validation split)"
+    text = format_markdown([row], split_index=0, budget_min=4, overrides=["split.ratios=[0.8,0,0.2]"])
+    assert "split 0 (80/0/20, by image)" in text and "tested: last epoch (no validation split)" in text
+    assert "| plain | 0.400 | 0.450 | - | 3 | 4 |" in text
+    # runs with different protocols in one table: both are named
+    mixed = format_markdown([full, row], split_index=0, budget_min=4, overrides=[])
+    assert "the runs differ" in mixed and "70/10/20" in mixed and "80/0/20" in mixed
     cmd = train_command("plain", run, 4, 3, ["data.short_side=192"])
     assert cmd[3:] == [
         "experiment=livec_cpu",
@@ -164,6 +192,54 @@ def test_livec_table_rows_and_markdown(tmp_path):
         f"hydra.run.dir={run}",
         "data.short_side=192",
     ]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_bench_livec_hands_overrides_to_every_run(capsys):
+    from mfe_iqa.cli.livec_table import main as livec_table
+
+    out = (
+        subprocess.run(
+            [
+                "make",
+                "-n",
+                "bench-livec",
+                "BUDGET_MIN=3",
+                "SPLIT=2",
+                "OVERRIDES='split.ratios=[0.8,0,0.2]' seed=7",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    assert out.endswith("livec_table --budget-min 3 --split-index 2 -- 'split.ratios=[0.8,0,0.2]' seed=7"), (
+        out
+    )
+    # the runner puts them after the preset's own keys, in every model's command
+    assert (
+        livec_table(
+            [
+                "--budget-min",
+                "3",
+                "--split-index",
+                "2",
+                "--models",
+                "plain,mfenet_tiny",
+                "--dry-run",
+                "--",
+                "split.ratios=[0.8,0,0.2]",
+                "seed=7",
+            ]
+        )
+        == 0
+    )
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[livec-table]")]
+    assert len(lines) == 2 and all(ln.endswith("split.ratios=[0.8,0,0.2] seed=7") for ln in lines)
+    assert "model=plain" in lines[0] and "model=mfenet_tiny" in lines[1]
 
 
 def test_pretrain_extra_overrides_come_after_the_presets():

@@ -6,6 +6,9 @@ then reads each run's metrics.json and prints and writes one table (Markdown and
 
     model | test SRCC | test PLCC | val SRCC (best) | epochs | fit budget | wall time (whole job)
 
+The header line states the split ratios and what was tested as each run's saved config has them (with
+`split.ratios=[0.8,0,0.2]` there is no validation: the last epoch is tested and "epochs" counts trained epochs).
+
     python -m mfe_iqa.cli.livec_table --budget-min 20                 # the issue's 20-minute setting
     python -m mfe_iqa.cli.livec_table --budget-min 4 --split-index 1 -- data.short_side=192  # extra overrides
 
@@ -40,28 +43,56 @@ COLUMNS = (
     "wall_min",
     "status",
 )
+# CSV only (the Markdown table states them once, above the rows): the run's split ratios and what was tested
+CSV_EXTRA = ("split_ratios", "tested")
 
 
 def _epochs_done(run_dir: Path) -> int | None:
-    """Validated epochs of the fit, from the CSV logger (<run>/csv/metrics.csv); None when there is no log."""
+    """Completed epochs of the fit, from the CSV logger (<run>/csv/metrics.csv); None when there is no log.
+
+    With a validation split: the validated epochs (rows with ``val/srcc``). Without one (``split.ratios`` with
+    a zero val part) nothing is validated, so the epochs whose end-of-epoch ``train/loss`` was logged count.
+    The epoch the wall-clock budget cut short is in neither."""
     path = run_dir / "csv" / "metrics.csv"
     if not path.is_file():
         return None
-    epochs = set()
+    validated, trained = set(), set()
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            if row.get("val/srcc") not in (None, "") and row.get("epoch") not in (None, ""):
-                epochs.add(int(float(row["epoch"])))
-    return len(epochs)
+            if row.get("epoch") in (None, ""):
+                continue
+            epoch = int(float(row["epoch"]))
+            if row.get("val/srcc") not in (None, ""):
+                validated.add(epoch)
+            if row.get("train/loss") not in (None, ""):
+                trained.add(epoch)
+    return len(validated) if validated else len(trained)
+
+
+def _protocol(run_dir: Path) -> tuple[str | None, str | None]:
+    """(split ratios as "70/10/20", what was tested) from the run's own saved config (<run>/.hydra/config.yaml);
+    (None, None) when the run left no config (it failed before Hydra wrote one)."""
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return None, None
+    from omegaconf import OmegaConf
+
+    ratios = OmegaConf.select(OmegaConf.load(path), "split.ratios")
+    if ratios is None:
+        return None, None
+    text = "/".join(f"{100 * float(r):g}" for r in ratios)
+    tested = "checkpoint selected on val SRCC" if float(ratios[1]) > 0 else "last epoch (no validation split)"
+    return text, tested
 
 
 def read_row(model: str, run_dir: Path, budget_min: int, wall_s: float, returncode: int) -> dict:
     """One table row from a finished run dir (metrics.json written by mfe-iqa-train)."""
-    row: dict = {c: None for c in COLUMNS}
+    row: dict = {c: None for c in (*COLUMNS, *CSV_EXTRA)}
     row.update(model=model, budget_min=budget_min, wall_min=round(wall_s / 60.0, 2))
     path = run_dir / "metrics.json"
     if returncode != 0 or not path.is_file():
         row["status"] = f"failed (exit {returncode}; see {run_dir}/train.log)"
+        row["split_ratios"], row["tested"] = _protocol(run_dir)
         return row
     payload = json.loads(path.read_text())
     test = payload.get("test") or {}
@@ -74,6 +105,7 @@ def read_row(model: str, run_dir: Path, budget_min: int, wall_s: float, returnco
         epochs=_epochs_done(run_dir),
         status="ok",
     )
+    row["split_ratios"], row["tested"] = _protocol(run_dir)
     return row
 
 
@@ -86,10 +118,24 @@ def _fmt(v) -> str:
 
 
 def format_markdown(rows: list[dict], *, split_index: int, budget_min: int, overrides: list[str]) -> str:
-    head = [
-        f"LIVE Challenge (images present under data.root), split {split_index} (70/10/20, by image), "
-        f"IQA fit budget {budget_min} min each (trainer.max_time), checkpoint selected on val SRCC.",
-    ]
+    # the protocol as the runs used it (their saved configs), not as the preset states it: an extra override
+    # such as split.ratios=[0.8,0,0.2] changes both the split and what is tested
+    protocols = sorted({(r["split_ratios"], r["tested"]) for r in rows if r.get("split_ratios")})
+    if len(protocols) == 1:
+        ratios, tested = protocols[0]
+        protocol = (
+            f"{ratios}, by image), IQA fit budget {budget_min} min each (trainer.max_time), tested: {tested}."
+        )
+    elif protocols:
+        listed = "; ".join(f"{a}: {b}" for a, b in protocols)
+        protocol = (
+            f"by image; the runs differ: {listed}), IQA fit budget {budget_min} min each (trainer.max_time)."
+        )
+    else:
+        protocol = (
+            f"by image), IQA fit budget {budget_min} min each (trainer.max_time); no run left its config."
+        )
+    head = [f"LIVE Challenge (images present under data.root), split {split_index} ({protocol}"]
     if overrides:
         head.append(f"Extra overrides: `{' '.join(overrides)}`")
     lines = [
@@ -112,10 +158,10 @@ def format_markdown(rows: list[dict], *, split_index: int, budget_min: int, over
 
 def write_csv(path: Path, rows: list[dict], split_index: int) -> None:
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["split_index", *COLUMNS])
+        w = csv.DictWriter(f, fieldnames=["split_index", *COLUMNS, *CSV_EXTRA])
         w.writeheader()
         for r in rows:
-            w.writerow({"split_index": split_index, **r})
+            w.writerow({"split_index": split_index, **{k: r.get(k) for k in (*COLUMNS, *CSV_EXTRA)}})
 
 
 def train_command(
