@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -198,27 +199,30 @@ def test_livec_table_rows_and_markdown(tmp_path):
 def test_make_bench_livec_hands_overrides_to_every_run(capsys):
     from mfe_iqa.cli.livec_table import main as livec_table
 
-    out = (
-        subprocess.run(
-            [
-                "make",
-                "-n",
-                "bench-livec",
-                "BUDGET_MIN=3",
-                "SPLIT=2",
-                "OVERRIDES='split.ratios=[0.8,0,0.2]' seed=7",
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
-    assert out.endswith("livec_table --budget-min 3 --split-index 2 -- 'split.ratios=[0.8,0,0.2]' seed=7"), (
-        out
-    )
+    # a clean make environment: under `make test` the parent's MAKEFLAGS / MAKELEVEL would make the child print
+    # "Entering/Leaving directory" lines around the recipe
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    stdout = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "-n",
+            "bench-livec",
+            "BUDGET_MIN=3",
+            "SPLIT=2",
+            "OVERRIDES='split.ratios=[0.8,0,0.2]' seed=7",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    recipe = [ln for ln in stdout.splitlines() if "mfe_iqa.cli.livec_table" in ln]
+    assert len(recipe) == 1, stdout
+    assert recipe[0].endswith(
+        "livec_table --budget-min 3 --split-index 2 -- 'split.ratios=[0.8,0,0.2]' seed=7"
+    ), recipe[0]
     # the runner puts them after the preset's own keys, in every model's command
     assert (
         livec_table(
