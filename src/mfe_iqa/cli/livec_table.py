@@ -89,10 +89,10 @@ def read_row(model: str, run_dir: Path, budget_min: int, wall_s: float, returnco
     """One table row from a finished run dir (metrics.json written by mfe-iqa-train)."""
     row: dict = {c: None for c in (*COLUMNS, *CSV_EXTRA)}
     row.update(model=model, budget_min=budget_min, wall_min=round(wall_s / 60.0, 2))
+    row["split_ratios"], row["tested"] = _protocol(run_dir)
     path = run_dir / "metrics.json"
     if returncode != 0 or not path.is_file():
         row["status"] = f"failed (exit {returncode}; see {run_dir}/train.log)"
-        row["split_ratios"], row["tested"] = _protocol(run_dir)
         return row
     payload = json.loads(path.read_text())
     test = payload.get("test") or {}
@@ -105,7 +105,6 @@ def read_row(model: str, run_dir: Path, budget_min: int, wall_s: float, returnco
         epochs=_epochs_done(run_dir),
         status="ok",
     )
-    row["split_ratios"], row["tested"] = _protocol(run_dir)
     return row
 
 
@@ -122,20 +121,17 @@ def format_markdown(rows: list[dict], *, split_index: int, budget_min: int, over
     # such as split.ratios=[0.8,0,0.2] changes both the split and what is tested
     protocols = sorted({(r["split_ratios"], r["tested"]) for r in rows if r.get("split_ratios")})
     if len(protocols) == 1:
-        ratios, tested = protocols[0]
-        protocol = (
-            f"{ratios}, by image), IQA fit budget {budget_min} min each (trainer.max_time), tested: {tested}."
-        )
+        ((ratios, tested),) = protocols
+        split_text, tested_text = f"{ratios}, by image", f", tested: {tested}."
     elif protocols:
-        listed = "; ".join(f"{a}: {b}" for a, b in protocols)
-        protocol = (
-            f"by image; the runs differ: {listed}), IQA fit budget {budget_min} min each (trainer.max_time)."
-        )
+        split_text = "by image; the runs differ: " + "; ".join(f"{a}: {b}" for a, b in protocols)
+        tested_text = "."
     else:
-        protocol = (
-            f"by image), IQA fit budget {budget_min} min each (trainer.max_time); no run left its config."
-        )
-    head = [f"LIVE Challenge (images present under data.root), split {split_index} ({protocol}"]
+        split_text, tested_text = "by image", "; no run left its config."
+    head = [
+        f"LIVE Challenge (images present under data.root), split {split_index} ({split_text}), "
+        f"IQA fit budget {budget_min} min each (trainer.max_time){tested_text}"
+    ]
     if overrides:
         head.append(f"Extra overrides: `{' '.join(overrides)}`")
     lines = [
