@@ -157,7 +157,7 @@ def write_csv(path: Path, rows: list[dict], split_index: int) -> None:
         w = csv.DictWriter(f, fieldnames=["split_index", *COLUMNS, *CSV_EXTRA])
         w.writeheader()
         for r in rows:
-            w.writerow({"split_index": split_index, **{k: r.get(k) for k in (*COLUMNS, *CSV_EXTRA)}})
+            w.writerow({"split_index": split_index, **r})
 
 
 def train_command(
