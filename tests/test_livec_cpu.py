@@ -137,6 +137,11 @@ def test_fast_dev_run_on_the_sample_pretrains_on_training_images_only(tmp_path):
     assert roles["authentic"] == roles["train"] and not roles["authentic"] & roles["val"]
 
 
+def _write_split_csv(path, counts):
+    rows = [f"Images/{part}{i}.bmp,{part}{i}.bmp,{part}" for part, n in counts.items() for i in range(n)]
+    path.write_text("path,content_id,part\n" + "\n".join(rows) + "\n")
+
+
 def test_livec_table_rows_and_markdown(tmp_path):
     from mfe_iqa.cli.livec_table import format_markdown, read_row, train_command, write_csv
 
@@ -180,6 +185,24 @@ def test_livec_table_rows_and_markdown(tmp_path):
     assert row["tested"] == "last epoch (no validation split)"
     text = format_markdown([row], split_index=0, budget_min=4, overrides=["split.ratios=[0.8,0,0.2]"])
     assert "split 0 (80/0/20, by image)" in text and "tested: last epoch (no validation split)" in text
+
+    # the run's own split.csv, when it wrote one, is what the header states: here a split.file of 12 images,
+    # 9 train / 0 val / 3 test, whatever split.ratios the config still carries (counted by hand: 75/0/25)
+    _write_split_csv(nv / "split.csv", {"train": 9, "val": 0, "test": 3})
+    row = read_row("plain", nv, 4, 60.0, 0)
+    assert (row["split_ratios"], row["tested"]) == (
+        "75/0/25 (9/0/3 images)",
+        "last epoch (no validation split)",
+    )
+    _write_split_csv(run / "split.csv", {"train": 7, "test": 2, "val": 1})
+    assert read_row("mfenet_tiny", run, 4, 300.0, 0)["split_ratios"] == "70/10/20 (7/1/2 images)"
+    # a damaged split.csv is named in the row's status; the run's results are still read
+    (nv / "split.csv").write_text("path,content_id,part\nImages/1.bmp,1.bmp,holdout\n")
+    row = read_row("plain", nv, 4, 60.0, 0)
+    assert row["test_srcc"] == 0.4 and row["split_ratios"] is None
+    assert f"{nv / 'split.csv'} line 2: unknown part 'holdout'" in row["status"]
+    (nv / "split.csv").unlink()
+    row = read_row("plain", nv, 4, 60.0, 0)
     assert "| plain | 0.400 | 0.450 | - | 3 | 4 |" in text
     # runs with different protocols in one table: both are named
     mixed = format_markdown([full, row], split_index=0, budget_min=4, overrides=[])

@@ -6,8 +6,9 @@ then reads each run's metrics.json and prints and writes one table (Markdown and
 
     model | test SRCC | test PLCC | val SRCC (best) | epochs | fit budget | wall time (whole job)
 
-The header line states the split ratios and what was tested as each run's saved config has them (with
-`split.ratios=[0.8,0,0.2]` there is no validation: the last epoch is tested and "epochs" counts trained epochs).
+The header line states the split (percent and images per part, counted in each run's own split.csv) and what
+was tested (with `split.ratios=[0.8,0,0.2]` there is no validation: the last epoch is tested and "epochs" counts
+trained epochs).
 
     python -m mfe_iqa.cli.livec_table --budget-min 20                 # the issue's 20-minute setting
     python -m mfe_iqa.cli.livec_table --budget-min 4 --split-index 1 -- data.short_side=192  # extra overrides
@@ -69,9 +70,39 @@ def _epochs_done(run_dir: Path) -> int | None:
     return len(validated) if validated else len(trained)
 
 
+def _split_counts(path: Path) -> dict[str, int]:
+    """Images per part of a run's ``split.csv`` (header path,content_id,part; written by the data module)."""
+    from mfe_iqa.data.splits import PARTS
+
+    counts = dict.fromkeys(PARTS, 0)
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or "part" not in reader.fieldnames:
+            raise ValueError(f"{path}: expected the header path,content_id,part; found {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            if row["part"] not in counts:
+                raise ValueError(
+                    f"{path} line {line}: unknown part {row['part']!r} (expected one of {PARTS})"
+                )
+            counts[row["part"]] += 1
+    return counts
+
+
 def _protocol(run_dir: Path) -> tuple[str | None, str | None]:
-    """(split ratios as "70/10/20", what was tested) from the run's own saved config (<run>/.hydra/config.yaml);
-    (None, None) when the run left no config (it failed before Hydra wrote one)."""
+    """(split as "70/10/20 (210/30/60 images)", what was tested) for one run.
+
+    From the run's own ``split.csv`` when it wrote one: the images it really had in each part, whatever set
+    them (``split.ratios``, ``split.file``, the images present under ``data.root``). Otherwise from the ratios
+    of its saved config (<run>/.hydra/config.yaml; a run that stopped before its data module wrote the split);
+    (None, None) when there is neither."""
+    split_csv = run_dir / "split.csv"
+    if split_csv.is_file():
+        counts = _split_counts(split_csv)
+        total = sum(counts.values())
+        if total:
+            pct = "/".join(f"{100 * n / total:.0f}" for n in counts.values())
+            images = "/".join(str(n) for n in counts.values())
+            return f"{pct} ({images} images)", _tested(counts["val"] > 0)
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
         return None, None
@@ -80,16 +111,23 @@ def _protocol(run_dir: Path) -> tuple[str | None, str | None]:
     ratios = OmegaConf.select(OmegaConf.load(path), "split.ratios")
     if ratios is None:
         return None, None
-    text = "/".join(f"{100 * float(r):g}" for r in ratios)
-    tested = "checkpoint selected on val SRCC" if float(ratios[1]) > 0 else "last epoch (no validation split)"
-    return text, tested
+    return "/".join(f"{100 * float(r):g}" for r in ratios), _tested(float(ratios[1]) > 0)
+
+
+def _tested(has_val: bool) -> str:
+    return "checkpoint selected on val SRCC" if has_val else "last epoch (no validation split)"
 
 
 def read_row(model: str, run_dir: Path, budget_min: int, wall_s: float, returncode: int) -> dict:
     """One table row from a finished run dir (metrics.json written by mfe-iqa-train)."""
     row: dict = {c: None for c in (*COLUMNS, *CSV_EXTRA)}
     row.update(model=model, budget_min=budget_min, wall_min=round(wall_s / 60.0, 2))
-    row["split_ratios"], row["tested"] = _protocol(run_dir)
+    try:
+        row["split_ratios"], row["tested"] = _protocol(run_dir)
+    except ValueError as err:  # a damaged split.csv: say so in the row, keep the other runs' results
+        unreadable = f"split unknown: {err}"
+    else:
+        unreadable = None
     path = run_dir / "metrics.json"
     if returncode != 0 or not path.is_file():
         row["status"] = f"failed (exit {returncode}; see {run_dir}/train.log)"
@@ -103,7 +141,7 @@ def read_row(model: str, run_dir: Path, budget_min: int, wall_s: float, returnco
         test_plcc=own.get("plcc"),
         val_srcc_best=val.get("srcc_best"),
         epochs=_epochs_done(run_dir),
-        status="ok",
+        status=unreadable or "ok",
     )
     return row
 
