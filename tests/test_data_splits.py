@@ -18,6 +18,7 @@ from mfe_iqa.data.splits import (
     SplitSpec,
     check_no_leak,
     content_aware_split,
+    count_split_csv,
     read_split_csv,
     write_split_csv,
 )
@@ -115,6 +116,11 @@ def test_split_csv_round_trip_and_mismatch(tmp_path, synthetic_roots):
         writer.writerows(rows)
     with pytest.raises(SplitError, match="leak"):
         read_split_csv(tmp_path / "leak.csv", items, root)
+    # counted without the database (reports): the parts of the split that wrote the file
+    assert count_split_csv(path) == {p: len(getattr(split, p)) for p in ("train", "val", "test")}
+    (tmp_path / "bad.csv").write_text("file,part\na.png,train\n")
+    with pytest.raises(SplitError, match=r"bad\.csv: expected the header path,content_id,part"):
+        count_split_csv(tmp_path / "bad.csv")
 
 
 def test_check_no_leak_catches_shared_content():

@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 
 from mfe_iqa.cli.common import REPO_ROOT
+from mfe_iqa.data.splits import count_split_csv
 
 # (row label, model config) in table order: the baseline first, the full model last.
 DEFAULT_MODELS = ("plain", "no_hfen", "no_dan", "mfenet_tiny")
@@ -70,24 +71,6 @@ def _epochs_done(run_dir: Path) -> int | None:
     return len(validated) if validated else len(trained)
 
 
-def _split_counts(path: Path) -> dict[str, int]:
-    """Images per part of a run's ``split.csv`` (header path,content_id,part; written by the data module)."""
-    from mfe_iqa.data.splits import PARTS
-
-    counts = dict.fromkeys(PARTS, 0)
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or "part" not in reader.fieldnames:
-            raise ValueError(f"{path}: expected the header path,content_id,part; found {reader.fieldnames}")
-        for line, row in enumerate(reader, start=2):
-            if row["part"] not in counts:
-                raise ValueError(
-                    f"{path} line {line}: unknown part {row['part']!r} (expected one of {PARTS})"
-                )
-            counts[row["part"]] += 1
-    return counts
-
-
 def _protocol(run_dir: Path) -> tuple[str | None, str | None]:
     """(split as "70/10/20 (210/30/60 images)", what was tested) for one run.
 
@@ -97,7 +80,7 @@ def _protocol(run_dir: Path) -> tuple[str | None, str | None]:
     (None, None) when there is neither."""
     split_csv = run_dir / "split.csv"
     if split_csv.is_file():
-        counts = _split_counts(split_csv)
+        counts = count_split_csv(split_csv)
         total = sum(counts.values())
         if total:
             pct = "/".join(f"{100 * n / total:.0f}" for n in counts.values())

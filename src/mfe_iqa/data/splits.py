@@ -23,6 +23,7 @@ from mfe_iqa.data.items import IQAItem
 from mfe_iqa.errors import UserError
 
 PARTS = ("train", "val", "test")
+SPLIT_CSV_HEADER = ("path", "content_id", "part")
 
 
 class SplitError(UserError, ValueError):
@@ -148,12 +149,34 @@ def write_split_csv(path: str | os.PathLike, split: Split, root: str | os.PathLi
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "content_id", "part"])
+        writer.writerow(SPLIT_CSV_HEADER)
         for part, items in split.parts().items():
             for item in items:
                 writer.writerow([_relative(item.path, root), item.content_id, part])
     os.replace(tmp, path)
     return path
+
+
+def _check_header(path: Path, fieldnames) -> None:
+    if fieldnames is None or not set(SPLIT_CSV_HEADER) <= set(fieldnames):
+        raise SplitError(f"{path}: expected the header {','.join(SPLIT_CSV_HEADER)}; found {fieldnames}")
+
+
+def count_split_csv(path: str | os.PathLike) -> dict[str, int]:
+    """Images per part of a ``split.csv`` (train, val, test), without the database at hand: what a run had,
+    for reports. ``read_split_csv`` is what checks the rows against a database."""
+    path = Path(path)
+    counts = dict.fromkeys(PARTS, 0)
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        _check_header(path, reader.fieldnames)
+        for line, row in enumerate(reader, start=2):
+            if row["part"] not in counts:
+                raise SplitError(
+                    f"{path} line {line}: unknown part {row['part']!r} (expected one of {PARTS})"
+                )
+            counts[row["part"]] += 1
+    return counts
 
 
 def read_split_csv(path: str | os.PathLike, items: Sequence[IQAItem], root: str | os.PathLike) -> Split:
@@ -168,8 +191,7 @@ def read_split_csv(path: str | os.PathLike, items: Sequence[IQAItem], root: str 
     listed, problems = set(), []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"path", "content_id", "part"} <= set(reader.fieldnames):
-            raise SplitError(f"{path}: expected the header path,content_id,part; found {reader.fieldnames}")
+        _check_header(path, reader.fieldnames)
         for line, row in enumerate(reader, start=2):
             rel, part = row["path"], row["part"]
             item = by_rel.get(rel)
