@@ -156,11 +156,17 @@ def test_frozen_dan_gets_no_gradient_and_keeps_statistics() -> None:
 def test_parameter_groups_partition_trainable_parameters() -> None:
     net = tiny()
     groups = net.parameter_groups()
-    backbone, head = {id(p) for p in groups["backbone"]}, {id(p) for p in groups["head"]}
-    assert not backbone & head
-    assert backbone | head == {id(p) for p in net.parameters() if p.requires_grad}
-    assert {id(p) for p in net.qen.parameters()} | {id(p) for p in net.dan.backbone.parameters()} == backbone
-    assert {id(p) for p in net.hfen.parameters()} <= head and id(net.dan.dist_head.weight) in head
+    assert set(groups) == {"backbone", "dan", "head"}
+    ids = {k: {id(p) for p in v} for k, v in groups.items()}
+    every = [i for v in groups.values() for i in map(id, v)]
+    assert len(every) == len(set(every))  # no parameter in two groups
+    assert set(every) == {id(p) for p in net.parameters() if p.requires_grad}
+    assert ids["backbone"] == {id(p) for p in net.qen.parameters()}
+    assert ids["dan"] == {id(p) for p in net.dan.backbone.parameters()}
+    assert {id(p) for p in net.hfen.parameters()} <= ids["head"]
+    assert id(net.dan.dist_head.weight) in ids["head"]
+    no_dan = tiny(use_dan=False).parameter_groups()
+    assert no_dan["dan"] == [] and len(no_dan["backbone"]) == len(groups["backbone"])
 
 
 def test_add_fusion_in_network_equals_sum() -> None:

@@ -38,6 +38,7 @@ def test_mfenet_tiny_trains_validates_and_reloads(tmp_path):
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
         scheduler=functools.partial(warmup_cosine_schedule, warmup_fraction=0.5),
         backbone_lr_mult=0.1,
+        dan_lr_mult=0.3,
         weight_decay=0.01,
         model_cfg=OmegaConf.to_yaml(OmegaConf.create(stored_cfg)),
         database={"name": "toy", "mos_min": 0.0, "mos_max": 1.0, "lower_better": False},
@@ -62,6 +63,11 @@ def test_mfenet_tiny_trains_validates_and_reloads(tmp_path):
         "initial_lr"
     ] == pytest.approx(1e-3)
     assert all(p.ndim <= 1 for p in groups["backbone_no_decay"]["params"])
+    # the pre-trained DAN backbone at lr * dan_lr_mult, the QEN at lr * backbone_lr_mult
+    for name in ("dan", "dan_no_decay"):
+        assert groups[name]["initial_lr"] == pytest.approx(3e-4), name
+    dan_ids = {id(p) for name in ("dan", "dan_no_decay") for p in groups[name]["params"]}
+    assert dan_ids == {id(p) for p in net.dan.backbone.parameters()}
 
     path = tmp_path / "mfenet.ckpt"
     trainer.save_checkpoint(path)
@@ -71,3 +77,18 @@ def test_mfenet_tiny_trains_validates_and_reloads(tmp_path):
     system.net.eval()
     with torch.no_grad():
         assert torch.allclose(reloaded(x).score, system.net(x).score, atol=1e-6)
+
+
+def test_dan_lr_mult_defaults_to_backbone_and_rejects_zero():
+    if not MODEL_YAML.is_file():
+        pytest.skip(f"{MODEL_YAML} not present")
+    cfg = OmegaConf.to_container(OmegaConf.load(MODEL_YAML), resolve=True)
+    cfg["dan"]["pretrained_ckpt"] = None
+    net = instantiate(cfg)
+    adamw = functools.partial(torch.optim.AdamW, lr=1e-3)
+    system = IQATrainingModule(net=net, optimizer=adamw, backbone_lr_mult=0.2)
+    groups = {g["name"]: g for g in system.configure_optimizers().param_groups}
+    assert groups["dan"]["lr"] == pytest.approx(2e-4) == groups["backbone"]["lr"]
+    assert groups["head"]["lr"] == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match=r"dan_lr_mult \(0\.0\).*model\.dan\.freeze=true"):
+        IQATrainingModule(net=net, dan_lr_mult=0.0)

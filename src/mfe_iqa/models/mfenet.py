@@ -216,18 +216,17 @@ class MFENet(nn.Module):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters split for per-module learning rates.
 
-        backbone: the QEN VAN and the DAN backbone (pre-trained feature extractors);
-        head: fusion modules, projections, HFEN, regression head and distortion head (new modules).
-        Frozen parameters are left out of both.
+        backbone: the QEN VAN; dan: the DAN backbone (the branch that arrives pre-trained by contrastive
+        learning, ``system.dan_lr_mult``); head: fusion modules, projections, HFEN, regression head and
+        distortion head (new modules). Frozen parameters are left out of all three.
         """
-        backbone_modules: list[nn.Module] = [self.qen]
-        if self.dan is not None:
-            backbone_modules.append(self.dan.backbone)
-        backbone_ids = {id(p) for m in backbone_modules for p in m.parameters()}
-        groups: dict[str, list[nn.Parameter]] = {"backbone": [], "head": []}
+        qen_ids = {id(p) for p in self.qen.parameters()}
+        dan_ids = {id(p) for p in self.dan.backbone.parameters()} if self.dan is not None else set()
+        groups: dict[str, list[nn.Parameter]] = {"backbone": [], "dan": [], "head": []}
         for p in self.parameters():
             if p.requires_grad:
-                groups["backbone" if id(p) in backbone_ids else "head"].append(p)
+                key = "backbone" if id(p) in qen_ids else "dan" if id(p) in dan_ids else "head"
+                groups[key].append(p)
         return groups
 
 

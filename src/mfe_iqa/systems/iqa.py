@@ -131,6 +131,7 @@ class IQATrainingModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         scheduler_interval: str = "step",
         backbone_lr_mult: float = 1.0,
+        dan_lr_mult: float | None = None,
         weight_decay: float = 0.0,
         fit_5_parameter: bool = False,
         lambda_twin: float = 0.0,
@@ -149,6 +150,11 @@ class IQATrainingModule(L.LightningModule):
         if lambda_hf < 0 or lambda_dist < 0:
             raise ValueError(
                 f"system.lambda_hf ({lambda_hf}) and system.lambda_dist ({lambda_dist}) must be >= 0"
+            )
+        if not backbone_lr_mult > 0 or (dan_lr_mult is not None and not dan_lr_mult > 0):
+            raise ValueError(
+                f"system.backbone_lr_mult ({backbone_lr_mult}) and system.dan_lr_mult ({dan_lr_mult}) must be > 0 "
+                "(dan_lr_mult null: the backbone's); to keep the pre-trained DAN fixed set model.dan.freeze=true"
             )
         if lambda_twin < 0 or not 0 < twin_fraction <= 1:
             raise ValueError(
@@ -171,6 +177,7 @@ class IQATrainingModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.backbone_lr_mult = float(backbone_lr_mult)
+        self.dan_lr_mult = self.backbone_lr_mult if dan_lr_mult is None else float(dan_lr_mult)
         self.weight_decay = float(weight_decay)
         self.fit_5_parameter = bool(fit_5_parameter)
         self.model_cfg = _model_cfg_to_dict(model_cfg)
@@ -181,6 +188,7 @@ class IQATrainingModule(L.LightningModule):
                 "lambda_hf": self.lambda_hf,
                 "lambda_dist": self.lambda_dist,
                 "backbone_lr_mult": self.backbone_lr_mult,
+                "dan_lr_mult": self.dan_lr_mult,
                 "weight_decay": self.weight_decay,
                 "scheduler_interval": scheduler_interval,
                 "fit_5_parameter": self.fit_5_parameter,
@@ -465,14 +473,17 @@ class IQATrainingModule(L.LightningModule):
     # optimizer
     # ----------------------------------------------------------------------------------------------------------
     def _parameter_groups(self) -> list[dict[str, Any]]:
-        """backbone/head x decay/no_decay groups; biases and norm parameters (ndim <= 1) get no weight decay."""
+        """backbone/dan/head x decay/no_decay groups; biases and norm parameters (ndim <= 1) get no weight decay.
+
+        Learning rate: the optimizer's lr times backbone_lr_mult (backbone), dan_lr_mult (dan) or 1 (head).
+        """
         trainable = [p for p in self.net.parameters() if p.requires_grad]
         if hasattr(self.net, "parameter_groups"):
             named = {str(k): list(v) for k, v in self.net.parameter_groups().items()}
-            unknown = sorted(set(named) - {"backbone", "head"})
+            unknown = sorted(set(named) - {"backbone", "dan", "head"})
             if unknown:
                 raise ValueError(
-                    f"net.parameter_groups() returned unknown groups {unknown}; use 'backbone' and 'head'"
+                    f"net.parameter_groups() returned unknown groups {unknown}; use 'backbone', 'dan' and 'head'"
                 )
         else:
             named = {"head": trainable}
@@ -494,7 +505,7 @@ class IQATrainingModule(L.LightningModule):
         groups: list[dict[str, Any]] = []
         for group, params in named.items():
             params = [p for p in params if p.requires_grad]
-            mult = self.backbone_lr_mult if group == "backbone" else 1.0
+            mult = {"backbone": self.backbone_lr_mult, "dan": self.dan_lr_mult}.get(group, 1.0)
             decay = [p for p in params if p.ndim > 1]
             no_decay = [p for p in params if p.ndim <= 1]
             if decay:
