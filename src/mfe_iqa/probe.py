@@ -1,0 +1,265 @@
+"""Linear probe of a frozen backbone: the downstream protocol of CONTRIQUE, Re-IQA and ARNIQA.
+
+A self-supervised quality representation is judged by how well a *linear* regressor on its frozen features
+predicts MOS: pooled features at full and half scale, concatenated, a ridge regressor fitted on the training
+split, its strength alpha chosen on the validation split (ARNIQA's grid search), SRCC/PLCC on test.
+
+Here it measures the DAN after contrastive pre-training (``dan.pt``) against a randomly initialized backbone of
+the same architecture (the reference a pre-training has to beat): a number for "does the DAN know quality"
+that does not depend on an IQA fit, its initialization or its budget.
+
+- :func:`extract_features`: (N, D) features, one row per item, from an evaluation loader of the datamodule.
+- :func:`fit_ridge` / :func:`predict_ridge`: closed-form ridge on standardized features (train statistics
+  only), primal or dual form, whichever system is smaller.
+- :func:`probe_split`: the alpha grid on val (or, without val, grouped k-fold on train), the refit, test.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mfe_iqa.data.items import BATCH_IMAGE, BATCH_INDEX, IQAItem
+from mfe_iqa.errors import UserError
+
+log = logging.getLogger("mfe_iqa.probe")
+
+DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-1, 6, 15))  # half-decade steps
+
+
+class ProbeError(UserError, ValueError):
+    """A probe that cannot be run as configured; the message says which key or item and what to do."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Features
+# --------------------------------------------------------------------------------------------------------------
+POOLINGS = ("mean", "std")
+
+
+def pooled_features(
+    backbone: torch.nn.Module,
+    images: torch.Tensor,
+    scales: Sequence[float],
+    stages: Sequence[int],
+    pooling: Sequence[str] = ("mean",),
+) -> torch.Tensor:
+    """(V, 3, h, w) views in [0, 1] -> (V, D): pooled stage features, per scale, stage and pooling, concatenated.
+
+    ``backbone(x)`` must return ``(list of stage maps, anything)`` (``DistortionAwareNetwork``). Scales other
+    than 1 resize the view with antialiased bilinear interpolation (CONTRIQUE's half scale is 0.5). Pooling:
+    ``mean`` (global average, CONTRIQUE) and/or ``std`` (the spatial standard deviation per channel, the
+    second-order statistic the DAN pre-training also pools: noise, blur and contrast live there).
+    """
+    unknown = [p for p in pooling if p not in POOLINGS]
+    if unknown or not pooling:
+        raise ProbeError(f"probe pooling must be a non-empty list of {POOLINGS}, got {list(pooling)}")
+    parts = []
+    for s in scales:
+        x = images
+        if s != 1.0:
+            h, w = images.shape[-2:]
+            size = (max(1, round(h * s)), max(1, round(w * s)))
+            x = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+        maps = backbone(x)[0]
+        for k in stages:
+            m = maps[k].float()
+            for p in pooling:
+                parts.append(m.mean(dim=(2, 3)) if p == "mean" else m.std(dim=(2, 3), unbiased=False))
+    return torch.cat(parts, dim=1)
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: torch.nn.Module,
+    loader: Iterable[Mapping[str, torch.Tensor]],
+    num_items: int,
+    scales: Sequence[float] = (1.0, 0.5),
+    stages: Sequence[int] = (-1,),
+    pooling: Sequence[str] = ("mean",),
+) -> np.ndarray:
+    """One feature row per item of an evaluation loader (batches of (B, K, 3, h, w) views and item indices).
+
+    The K views of an item are averaged (the crops of ``data.test_mode=crops``, or the one whole image of
+    ``full``). Every index in 0..num_items-1 must come exactly once: a missing or repeated item is an error,
+    never a silently shorter matrix.
+    """
+    was_training = backbone.training
+    backbone.eval()
+    rows: dict[int, np.ndarray] = {}
+    try:
+        for batch in loader:
+            views = batch[BATCH_IMAGE]  # (B, K, 3, h, w)
+            b, k = views.shape[:2]
+            feats = pooled_features(backbone, views.flatten(0, 1), scales, stages, pooling)  # (B*K, D)
+            feats = feats.view(b, k, -1).mean(dim=1).double().cpu().numpy()
+            for i, f in zip(batch[BATCH_INDEX].tolist(), feats):
+                if i in rows:
+                    raise RuntimeError(f"feature extraction: item {i} came twice from the loader")
+                rows[int(i)] = f
+    finally:
+        backbone.train(was_training)
+    missing = sorted(set(range(num_items)) - set(rows))
+    if missing or len(rows) != num_items:
+        raise RuntimeError(
+            f"feature extraction: the loader gave {len(rows)} items for {num_items} "
+            f"(missing e.g. {missing[:5]}): every item must be embedded once"
+        )
+    return np.stack([rows[i] for i in range(num_items)])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Ridge regression
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class RidgeModel:
+    """Standardization (train statistics) + weights + intercept, on float64."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray
+    intercept: float
+    alpha: float
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> RidgeModel:
+    """Minimize ||Z w + b - y||^2 + alpha ||w||^2, Z = x standardized with its own mean and std.
+
+    Features with zero variance on the training rows are left at 0 after standardization (scale 1). The
+    intercept is not penalized (b = mean of y). Solved in the primal (D x D) or the dual (N x N) form,
+    whichever is smaller; both give the same w.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if x.ndim != 2 or len(x) != len(y):
+        raise ValueError(f"fit_ridge: x must be (N, D) with N = len(y), got {x.shape} and {y.shape}")
+    if len(y) < 2:
+        raise ProbeError(f"ridge regression needs at least 2 training images, got {len(y)}")
+    if not alpha > 0:
+        raise ProbeError(f"ridge alpha must be > 0, got {alpha}")
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale < 1e-12] = 1.0
+    z = (x - mean) / scale
+    y_mean = float(y.mean())
+    yc = y - y_mean
+    n, d = z.shape
+    if d <= n:
+        w = np.linalg.solve(z.T @ z + alpha * np.eye(d), z.T @ yc)
+    else:
+        w = z.T @ np.linalg.solve(z @ z.T + alpha * np.eye(n), yc)
+    return RidgeModel(mean=mean, scale=scale, weights=w, intercept=y_mean, alpha=float(alpha))
+
+
+def predict_ridge(model: RidgeModel, x: np.ndarray) -> np.ndarray:
+    return ((np.asarray(x, dtype=np.float64) - model.mean) / model.scale) @ model.weights + model.intercept
+
+
+def _srcc(pred: np.ndarray, y: np.ndarray) -> float:
+    from mfe_iqa.metrics import srcc
+
+    return float(srcc(torch.from_numpy(np.asarray(pred, float)), torch.from_numpy(np.asarray(y, float))))
+
+
+def score_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """The metrics every run of the framework reports, on one image per row (normalized MOS scale)."""
+    from mfe_iqa.metrics import fitted_plcc, krcc, plcc, rmse, srcc
+
+    p = torch.from_numpy(np.asarray(pred, dtype=np.float64))
+    t = torch.from_numpy(np.asarray(y, dtype=np.float64))
+    out = {"srcc": srcc(p, t), "plcc": plcc(p, t), "krcc": krcc(p, t), "rmse": rmse(p, t)}
+    if len(p) >= 5:
+        out["plcc_fit"] = fitted_plcc(p, t)
+    return {k: float(v) for k, v in out.items()}
+
+
+def grouped_folds(groups: Sequence[str], k: int, seed: int) -> list[np.ndarray]:
+    """k folds of row indices such that no group (content id) is in two folds (seeded shuffle of the groups)."""
+    names = sorted(set(groups))
+    if len(names) < k:
+        raise ProbeError(
+            f"cross-validation on train needs at least {k} contents, got {len(names)}: lower probe.cv_folds "
+            "or use a split with a validation part (split.ratios)"
+        )
+    order = np.random.default_rng(seed).permutation(len(names))
+    fold_of = {names[j]: rank % k for rank, j in enumerate(order)}
+    labels = np.array([fold_of[g] for g in groups])
+    return [np.flatnonzero(labels == f) for f in range(k)]
+
+
+@dataclass
+class ProbeResult:
+    """One split: the alpha curve, the chosen alpha, val and test metrics and the test predictions."""
+
+    alpha: float
+    alpha_curve: list[dict[str, float]]
+    selection: str  # "val" or "cv<k>"
+    val: dict[str, float] | None
+    test: dict[str, float]
+    test_pred: np.ndarray
+    test_mos: np.ndarray
+    at_grid_edge: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def probe_split(
+    features: np.ndarray,
+    items: Sequence[IQAItem],
+    parts: Mapping[str, Sequence[int]],
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    cv_folds: int = 5,
+    seed: int = 0,
+) -> ProbeResult:
+    """Ridge probe of one split: ``parts`` maps train/val/test to row indices of ``features`` / ``items``.
+
+    alpha is chosen by the SRCC of the val rows (ties: the larger alpha, the simpler model); with no val rows by
+    the mean SRCC over ``cv_folds`` content-grouped folds of the training rows. The model is then fitted on all
+    training rows with that alpha and scored on test. Test rows never take part in the choice.
+    """
+    alphas = sorted(float(a) for a in alphas)
+    if not alphas or any(not a > 0 for a in alphas):
+        raise ProbeError(f"probe.alphas must be a non-empty list of positive numbers, got {list(alphas)}")
+    tr, va, te = (np.asarray(parts.get(p, ()), dtype=int) for p in ("train", "val", "test"))
+    if len(te) == 0:
+        raise ProbeError("the split has no test images: nothing to score (split.ratios)")
+    if len(tr) < 2:
+        raise ProbeError(f"the split has {len(tr)} training images: ridge regression needs at least 2")
+    mos = np.array([it.mos for it in items], dtype=np.float64)
+    curve: list[dict[str, float]] = []
+    if len(va) >= 2:
+        selection = "val"
+        for a in alphas:
+            pred = predict_ridge(fit_ridge(features[tr], mos[tr], a), features[va])
+            curve.append({"alpha": a, "val_srcc": _srcc(pred, mos[va])})
+    else:
+        selection = f"cv{cv_folds}"
+        folds = grouped_folds([items[i].content_id for i in tr], cv_folds, seed)
+        for a in alphas:
+            scores = []
+            for held in folds:
+                keep = np.setdiff1d(np.arange(len(tr)), held)
+                pred = predict_ridge(fit_ridge(features[tr[keep]], mos[tr[keep]], a), features[tr[held]])
+                scores.append(_srcc(pred, mos[tr[held]]))
+            curve.append({"alpha": a, "val_srcc": float(np.mean(scores))})
+    scores = np.array([c["val_srcc"] for c in curve])
+    best = int(np.flatnonzero(scores >= scores.max() - 1e-12)[-1])  # ties: the largest alpha
+    alpha = alphas[best]
+    model = fit_ridge(features[tr], mos[tr], alpha)
+    val = score_metrics(predict_ridge(model, features[va]), mos[va]) if selection == "val" else None
+    test_pred = predict_ridge(model, features[te])
+    return ProbeResult(
+        alpha=alpha,
+        alpha_curve=curve,
+        selection=selection,
+        val=val,
+        test=score_metrics(test_pred, mos[te]),
+        test_pred=test_pred,
+        test_mos=mos[te],
+        at_grid_edge=len(alphas) > 1 and best in (0, len(alphas) - 1),
+        counts={"train": len(tr), "val": len(va), "test": len(te)},
+    )
