@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -233,3 +234,56 @@ def test_plain_baseline() -> None:
     assert out.score.shape == (1,) and out.hf_pred is None and out.dist_logits is None
     groups = net.parameter_groups()
     assert len(groups["backbone"]) + len(groups["head"]) == len(list(net.parameters()))
+
+
+def test_dan_stats_head_starts_as_the_network_without_it() -> None:
+    x = torch.rand(3, 3, 48, 48)
+    plain = tiny()
+    rng_plain = torch.get_rng_state()
+    stats = tiny(dan_stats_head=True)
+    assert torch.equal(torch.get_rng_state(), rng_plain)  # building it drew no random numbers
+    own = dict(stats.named_parameters())
+    for name, p in plain.named_parameters():
+        assert torch.equal(own[name], p), name
+    assert {n for n in own if n not in dict(plain.named_parameters())} == {
+        "dan_stats.weight",
+        "dan_stats.bias",
+    }
+    for mode in (False, True):
+        head_dropout_off = {"dropout": 0.0}
+        a = tiny(head=head_dropout_off).train(mode)(x).score
+        b = tiny(head=head_dropout_off, dan_stats_head=True).train(mode)(x).score
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    groups = stats.parameter_groups()
+    assert any(p is stats.dan_stats.weight for p in groups["head"]) and stats.dan_stats.weight.ndim == 2
+    with pytest.raises(ValueError, match="needs model.use_dan=true"):
+        tiny(use_dan=False, dan_stats_head=True)
+
+
+def test_dan_stats_head_by_hand_and_its_gradient() -> None:
+    from mfe_iqa.models.heads import StatsLinearHead
+
+    maps = [torch.rand(4, 2, 5, 5), torch.rand(4, 3, 2, 3) * 3]
+    head = StatsLinearHead([2, 3]).eval()
+    d = head.in_features
+    assert d == 10
+    rm, rv = torch.linspace(0.1, 1.0, d), torch.linspace(0.5, 2.0, d)
+    w, b = torch.linspace(-1, 1, d), 0.3
+    with torch.no_grad():
+        head.norm.running_mean.copy_(rm)
+        head.norm.running_var.copy_(rv)
+        head.weight.copy_(w.view(1, -1))
+        head.bias.fill_(b)
+    by_hand = []
+    for i in range(4):
+        feats = []
+        for m in maps:
+            v = m[i].numpy().reshape(m.shape[1], -1)
+            feats += [v.mean(1), v.std(1)]  # per stage: its channel means, then its channel stds
+        f = np.concatenate(feats)
+        by_hand.append(((f - rm.numpy()) / np.sqrt(rv.numpy() + head.norm.eps)) @ w.numpy() + b)
+    np.testing.assert_allclose(head(maps).detach().numpy(), np.array(by_hand), rtol=1e-5, atol=1e-5)
+    # trained from zero: the first backward reaches the weight and, through it, the branch's maps
+    net = tiny(dan_stats_head=True).train()
+    net(torch.rand(3, 3, 48, 48)).score.sum().backward()
+    assert net.dan_stats.weight.grad.abs().sum() > 0 and net.dan_stats.bias.grad.abs() > 0

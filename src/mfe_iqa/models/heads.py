@@ -39,3 +39,36 @@ class RegressionHead(nn.Module):
         if self.pooling == "avgmax":
             pooled = torch.cat([pooled, x.amax(dim=(2, 3))], dim=1)  # (B, 2C)
         return self.mlp(pooled).squeeze(1)  # (B,)
+
+
+class StatsLinearHead(nn.Module):
+    """A linear score from the pooled statistics of a branch's stage maps: per stage and channel the spatial
+    mean and standard deviation, standardized by a non-affine BatchNorm, then w . z + b.
+
+    What a ridge probe of the frozen pre-trained DAN fits (``mfe_iqa.probe``), as a path inside the network:
+    the DAN's second-order statistics (noise, blur, contrast) reach the score without passing through the
+    fusion into QEN. ``w`` and ``b`` start at zero and draw no random numbers, so a network with this path
+    starts with exactly the outputs and the initialization of the same network without it.
+    [(B, C_j, h_j, w_j)] -> (B,).
+    """
+
+    def __init__(self, channels: Sequence[int]) -> None:
+        super().__init__()
+        self.in_features = 2 * sum(int(c) for c in channels)
+        self.norm = nn.BatchNorm1d(self.in_features, affine=False)
+        # (1, D) like an nn.Linear weight, so the optimizer's weight decay (the ridge penalty) applies to it
+        self.weight = nn.Parameter(torch.zeros(1, self.in_features))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    @staticmethod
+    def pooled(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(B, 2 * sum C_j): [mean_1, std_1, mean_2, std_2, ...] over space, in float32."""
+        parts = []
+        for m in maps:
+            m = m.float()
+            parts += [m.mean(dim=(2, 3)), m.std(dim=(2, 3), unbiased=False)]
+        return torch.cat(parts, dim=1)
+
+    def forward(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        z = self.norm(self.pooled(maps))
+        return (z @ self.weight.t()).squeeze(1) + self.bias

@@ -24,7 +24,7 @@ from torch import nn
 
 from mfe_iqa.models.dan import DistortionAwareNetwork
 from mfe_iqa.models.fusion import FUSION_KINDS, HF_FUSION_KINDS, BranchProjection, build_fusion
-from mfe_iqa.models.heads import RegressionHead
+from mfe_iqa.models.heads import RegressionHead, StatsLinearHead
 from mfe_iqa.models.high_frequency import HighFrequencyExtractionNetwork, HighFrequencyTarget
 from mfe_iqa.models.outputs import MFENetOutput
 from mfe_iqa.models.van import VAN
@@ -90,6 +90,8 @@ class MFENet(nn.Module):
       fusion_reduction: channel bottleneck ratio of MS-CAM and FFM
       hf_gate_init: None, or the initial value of a learnable per-channel scale on what FFM adds
                     (0.0: the HFEN path starts closed and opens as it learns; needs hf_fusion=ffm)
+      dan_stats_head: add a linear score from the DAN's pooled stage statistics (mean and std per channel,
+                    standardized) to the head's score; starts at zero (``StatsLinearHead``); needs use_dan
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class MFENet(nn.Module):
         fuse_stages: Sequence[int] = (0, 1, 2, 3),
         fusion_reduction: int = 4,
         hf_gate_init: float | None = None,
+        dan_stats_head: bool = False,
     ) -> None:
         super().__init__()
         qen_opts = merge_options("qen", qen, QEN_DEFAULTS)
@@ -183,6 +186,13 @@ class MFENet(nn.Module):
             dropout=float(head_opts["dropout"]),
             pooling=head_opts["pooling"],
         )
+        self.dan_stats: StatsLinearHead | None = None
+        if dan_stats_head:
+            if self.dan is None:
+                raise ValueError(
+                    "model.dan_stats_head=true reads the DAN's features: it needs model.use_dan=true."
+                )
+            self.dan_stats = StatsLinearHead(self.dan.channels)  # built last and draws no random numbers
 
     def forward(self, x: torch.Tensor) -> MFENetOutput:
         """x: (B, 3, H, W) in [0, 1], any H and W >= 32 -> MFENetOutput."""
@@ -211,6 +221,8 @@ class MFENet(nn.Module):
             if hf_feats is not None and key in self.hf_fusions:
                 q = self.hf_fusions[key](q, self.hf_projs[key](hf_feats[i], size))
         score = self.head(q).float()  # (B,), float32 even under autocast (metrics overflow in half precision)
+        if self.dan_stats is not None and dan_feats is not None:
+            score = score + self.dan_stats(dan_feats)
         return MFENetOutput(score=score, hf_pred=hf_pred, hf_target=hf_target, dist_logits=dist_logits)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
