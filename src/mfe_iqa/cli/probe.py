@@ -127,13 +127,13 @@ def build_backbone(cfg: DictConfig):
 
 def _split_list(cfg: DictConfig, dm) -> list[tuple[int | None, Any]]:
     """[(split index, Split)]: the datamodule's own split, or each of split_indices on the same items."""
-    from mfe_iqa.data.splits import check_no_leak, content_aware_split
+    from mfe_iqa.data.splits import Split, check_no_leak, content_aware_split
 
     indices = cfg.get("split_indices")
     if indices is None:
         spec = dm.split_spec
         index = None if (spec.file or dm.use_official_split) else spec.index
-        return [(index, dm._require_setup())]
+        return [(index, Split(dm.train_items, dm.val_items, dm.test_items, source=dm.split_source))]
     if isinstance(indices, int) or not OmegaConf.is_list(indices) and not isinstance(indices, list | tuple):
         raise ConfigError(f"split_indices must be a list of split indices (e.g. [0,1,2]), got {indices!r}")
     if dm.split_spec.file or dm.use_official_split:
@@ -157,7 +157,7 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
 
     from mfe_iqa.inference.scoring import resolve_device
     from mfe_iqa.metrics import write_run_metrics
-    from mfe_iqa.probe import DEFAULT_ALPHAS, extract_features, probe_split
+    from mfe_iqa.probe import DEFAULT_ALPHAS, POOLINGS, extract_features, probe_split
 
     configure_runtime(cfg)
     out = Path(cfg.paths.output_dir)
@@ -166,6 +166,8 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
     save_resolved_config(cfg, out)
     scales = [float(s) for s in cfg.scales]
     pooling = [str(p) for p in cfg.get("pooling", ["mean"])]
+    if not pooling or any(p not in POOLINGS for p in pooling):
+        raise ConfigError(f"pooling must be a non-empty list of {list(POOLINGS)}, got {pooling}")
     if not scales or any(not s > 0 for s in scales):
         raise ConfigError(f"scales must be positive numbers (e.g. [1.0, 0.5]), got {scales}")
     alphas = [float(a) for a in cfg.alphas] if cfg.get("alphas") else list(DEFAULT_ALPHAS)
@@ -205,20 +207,13 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
             cfg.dan_ckpt,
         )
 
-    class _OnDevice:
-        def __init__(self, loader):
-            self.loader = loader
-
-        def __iter__(self):
-            for batch in self.loader:
-                yield {k: (v.to(device) if k == "image" else v) for k, v in batch.items()}
-
     items = list(dm.items)
     log.info(
         "Embedding %d %s images with %s (%s) at scales %s, stages %s, pooling %s",
         len(items), label, backbone_name, cfg.get("dan_ckpt") or "random init", scales, stages, pooling,
     )  # fmt: skip
-    features = extract_features(net, _OnDevice(dm.whole_dataloader()), len(items), scales, stages, pooling)
+    batches = ({k: v.to(device) if k == "image" else v for k, v in b.items()} for b in dm.whole_dataloader())
+    features = extract_features(net, batches, len(items), scales, stages, pooling)
     position = {id(it): k for k, it in enumerate(items)}
 
     curve_rows, per_split, table = [], [], {}
