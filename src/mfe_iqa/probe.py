@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from mfe_iqa.data.items import BATCH_IMAGE, BATCH_INDEX, IQAItem
 from mfe_iqa.errors import UserError
+from mfe_iqa.models.heads import STAGE_STATISTICS, stage_statistics
 
 log = logging.getLogger("mfe_iqa.probe")
 
@@ -39,7 +40,7 @@ class ProbeError(UserError, ValueError):
 # --------------------------------------------------------------------------------------------------------------
 # Features
 # --------------------------------------------------------------------------------------------------------------
-POOLINGS = ("mean", "std")
+POOLINGS = STAGE_STATISTICS
 
 
 def pooled_features(
@@ -67,10 +68,7 @@ def pooled_features(
             size = (max(1, round(h * s)), max(1, round(w * s)))
             x = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
         maps = backbone(x)[0]
-        for k in stages:
-            m = maps[k].float()
-            for p in pooling:
-                parts.append(m.mean(dim=(2, 3)) if p == "mean" else m.std(dim=(2, 3), unbiased=False))
+        parts.append(stage_statistics([maps[k] for k in stages], pooling))
     return torch.cat(parts, dim=1)
 
 

@@ -41,6 +41,20 @@ class RegressionHead(nn.Module):
         return self.mlp(pooled).squeeze(1)  # (B,)
 
 
+STAGE_STATISTICS = ("mean", "std")
+
+
+def stage_statistics(maps: Sequence[torch.Tensor], pooling: Sequence[str] = STAGE_STATISTICS) -> torch.Tensor:
+    """[(B, C_j, h_j, w_j)] -> (B, len(pooling) * sum C_j) in float32: per stage, each statistic of ``pooling``
+    over space (``mean``; ``std``, the population standard deviation), concatenated stage by stage."""
+    parts = []
+    for m in maps:
+        m = m.float()
+        for stat in pooling:
+            parts.append(m.mean(dim=(2, 3)) if stat == "mean" else m.std(dim=(2, 3), unbiased=False))
+    return torch.cat(parts, dim=1)
+
+
 class StatsLinearHead(nn.Module):
     """A linear score from the pooled statistics of a branch's stage maps: per stage and channel the spatial
     mean and standard deviation, standardized by a non-affine BatchNorm, then w . z + b.
@@ -60,15 +74,6 @@ class StatsLinearHead(nn.Module):
         self.weight = nn.Parameter(torch.zeros(1, self.in_features))
         self.bias = nn.Parameter(torch.zeros(()))
 
-    @staticmethod
-    def pooled(maps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """(B, 2 * sum C_j): [mean_1, std_1, mean_2, std_2, ...] over space, in float32."""
-        parts = []
-        for m in maps:
-            m = m.float()
-            parts += [m.mean(dim=(2, 3)), m.std(dim=(2, 3), unbiased=False)]
-        return torch.cat(parts, dim=1)
-
     def forward(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
-        z = self.norm(self.pooled(maps))
+        z = self.norm(stage_statistics(maps))  # [mean_1, std_1, mean_2, std_2, ...]
         return (z @ self.weight.t()).squeeze(1) + self.bias
