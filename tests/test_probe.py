@@ -19,6 +19,7 @@ from mfe_iqa.probe import (
     extract_features,
     fit_ridge,
     grouped_folds,
+    init_stats_head_ridge,
     pooled_features,
     predict_ridge,
     probe_split,
@@ -220,3 +221,89 @@ def test_probe_refuses_a_dan_pretrained_on_test_images(demo_root, tmp_path):
         )
     with pytest.raises(ConfigError, match="give dan_ckpt"):
         probe(compose_cfg("probe", _demo_overrides(demo_root)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# LP-FT: the DAN-statistics head started at the ridge probe's solution
+# --------------------------------------------------------------------------------------------------------------
+class _TwoStageDAN(nn.Module):
+    """A stand-in DAN: stage 0 a 4x4 map, stage 1 a 1x1 map (its spatial std is 0: constant features)."""
+
+    channels = [3, 2]
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = nn.Conv2d(3, 3, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.proj = nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        a = torch.relu(self.bn(self.conv(x)))  # (B, 3, 4, 4) for 8-px crops
+        return [a, self.proj(a).mean(dim=(2, 3), keepdim=True)], None
+
+
+def _crop_db(n: int, k: int, seed: int):
+    """n items of k 8-px crops whose noise amplitude falls with the MOS; loader batches of 3 items."""
+    g = torch.Generator().manual_seed(seed)
+    mos = torch.rand(n, generator=g)
+    views = 0.5 + (1.2 - mos).view(n, 1, 1, 1, 1) * 0.3 * torch.randn(n, k, 3, 8, 8, generator=g)
+    items = [IQAItem(f"x{seed}_{i}.png", float(m), float(m), f"c{seed}_{i}") for i, m in enumerate(mos)]
+    batches = [{"image": views[i : i + 3], "index": torch.arange(i, min(i + 3, n))} for i in range(0, n, 3)]
+    return items, batches, views
+
+
+def _stats_by_hand(dan, views) -> np.ndarray:
+    """(n, k, 3, h, w) -> (n, k, D): per stage, the channel means then the channel (population) stds, in numpy."""
+    n, k = views.shape[:2]
+    with torch.no_grad():
+        maps = [m.numpy().reshape(n, k, m.shape[1], -1) for m in dan(views.flatten(0, 1))[0]]
+    return np.concatenate([np.concatenate([m.mean(-1), m.std(-1)], axis=-1) for m in maps], axis=-1)
+
+
+def test_ridge_head_init_reproduces_the_probe_by_hand():
+    from mfe_iqa.models.heads import StatsLinearHead
+
+    dan, head = _TwoStageDAN().train(), StatsLinearHead(_TwoStageDAN.channels)
+    tr_items, tr_batches, tr_views = _crop_db(30, 4, seed=1)
+    va_items, va_batches, va_views = _crop_db(12, 4, seed=2)
+    alphas = [0.3, 3.0, 30.0, 300.0]
+    result = init_stats_head_ridge(head, dan, tr_batches, tr_items, va_batches, va_items, alphas=alphas)
+    assert dan.training  # its mode is restored; the features were taken in eval mode
+    dan.eval()
+    # independent truth: crop statistics in numpy, standardized with the training crops' mean and variance (the
+    # head's BatchNorm, eps included), constant features dropped, ridge as least squares on the augmented system
+    f_tr, f_va = _stats_by_hand(dan, tr_views), _stats_by_hand(dan, va_views)
+    crops = f_tr.reshape(-1, f_tr.shape[-1])
+    mean, var = crops.mean(0), crops.var(0)
+    dead = var < 1e-12
+    assert dead.sum() == 2 and result.dead_features == 2  # the 1x1 stage's two stds
+    z_tr = (f_tr.mean(1) - mean) / np.sqrt(var + head.norm.eps)
+    z_va = (f_va.mean(1) - mean) / np.sqrt(var + head.norm.eps)
+    z_tr[:, dead], z_va[:, dead] = 0.0, 0.0
+    y_tr, y_va = np.array([it.mos for it in tr_items]), np.array([it.mos for it in va_items])
+    val_srcc = [spearmanr(_ridge_by_augmented_lstsq(z_tr, y_tr, a)(z_va), y_va)[0] for a in alphas]
+    best = max(range(len(alphas)), key=lambda j: (round(val_srcc[j], 12), j))  # ties: the larger alpha
+    assert result.alpha == alphas[best] and result.selection == "val"
+    assert result.val_srcc == pytest.approx(val_srcc[best], abs=1e-6)
+    # the head in eval mode, averaged over each item's crops, IS the probe's prediction
+    truth = _ridge_by_augmented_lstsq(z_tr, y_tr, alphas[best])(z_va)
+    head.eval()
+    with torch.no_grad():
+        pred = head(dan(va_views.flatten(0, 1))[0]).view(12, 4).mean(1).double().numpy()
+    np.testing.assert_allclose(pred, truth, atol=1e-5)
+    assert result.val_srcc > 0.5  # the noise amplitude is learnable: the probe ranks the held-out items
+    assert head.weight[0, -2:].abs().sum() == 0  # constant features get no weight
+    np.testing.assert_allclose(head.norm.running_mean.numpy(), mean, rtol=1e-5, atol=1e-6)
+
+
+def test_ridge_head_init_refuses_a_mismatched_head_and_bad_alphas():
+    from mfe_iqa.models.heads import StatsLinearHead
+
+    items, batches, _ = _crop_db(6, 2, seed=4)
+    with pytest.raises(ValueError, match="reads 8 features"):
+        init_stats_head_ridge(StatsLinearHead([2, 2]), _TwoStageDAN(), batches, items)
+    with pytest.raises(ProbeError, match="alphas"):
+        init_stats_head_ridge(StatsLinearHead([3, 2]), _TwoStageDAN(), batches, items, alphas=[0.0])
+    with pytest.raises(TypeError, match="StatsLinearHead"):
+        init_stats_head_ridge(nn.Linear(10, 1), _TwoStageDAN(), batches, items)

@@ -15,10 +15,11 @@ from scipy.stats import spearmanr
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mfe_iqa.data.items import BATCH_DIST_TYPE, BATCH_IMAGE, BATCH_MOS
+from mfe_iqa.data.items import BATCH_DIST_TYPE, BATCH_IMAGE, BATCH_MOS, IQAItem
 from mfe_iqa.losses.iqa import PLCCLoss, QualityLoss
 from mfe_iqa.models.mfenet import MFENet
 from mfe_iqa.systems.iqa import (
+    CKPT_META_KEY,
     CheckpointFormatError,
     IQATrainingModule,
     load_net_from_checkpoint,
@@ -369,3 +370,91 @@ def test_frozen_dan_keeps_pretrained_statistics_through_a_lightning_fit(tmp_path
     after = net.dan.backbone.state_dict()
     changed = [k for k, v in running.items() if not torch.equal(v, after[k])]
     assert changed == [], f"frozen DAN statistics changed: {changed[:3]}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class _NoiseDataModule(L.LightningDataModule):
+    """NoiseDB as a datamodule with what system.stats_head_init=ridge reads: items and eval_dataloader(items)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train_db, self.val_db = NoiseDB(48, seed=1), NoiseDB(24, seed=2, crops=2)
+        self.train_eval_db = NoiseDB(48, seed=1, crops=2)  # the training images, as evaluation crops
+        self.train_items = [
+            IQAItem(f"t{i}.png", float(m), float(m), f"t{i}") for i, m in enumerate(self.train_db.mos)
+        ]
+        self.val_items = [
+            IQAItem(f"v{i}.png", float(m), float(m), f"v{i}") for i, m in enumerate(self.val_db.mos)
+        ]
+        self.has_val = True
+
+    def eval_dataloader(self, items):
+        db = self.train_eval_db if items == self.train_items else self.val_db
+        assert items in (self.train_items, self.val_items)
+        return DataLoader(db, batch_size=8)
+
+    def train_dataloader(self):
+        return DataLoader(self.train_db, batch_size=16, shuffle=True)
+
+    def val_dataloader(self):
+        return self.eval_dataloader(self.val_items)
+
+
+class _HeadAtTrainStart(Callback):
+    def on_train_start(self, trainer, pl_module) -> None:
+        head = pl_module.net.dan_stats
+        self.weight, self.bias = head.weight.detach().clone(), head.bias.detach().clone()
+        net = pl_module.net
+        was = net.training
+        net.eval()
+        with torch.no_grad():
+            views = torch.stack(
+                [trainer.datamodule.val_db[i][BATCH_IMAGE] for i in range(24)]
+            )  # (24, 2, 3, h, w)
+            self.val_pred = head(net.dan(views.flatten(0, 1))[0]).view(24, 2).mean(1).numpy()
+        net.train(was)
+
+
+def _stats_mfenet(**kw) -> MFENet:
+    torch.manual_seed(0)
+    return MFENet(
+        qen={"variant": "van_b0"},
+        dan={"backbone": "resnet10t", "num_dist_types": 3},
+        hfen={"stem_channels": 4, "channels": [8, 8, 16, 16]},
+        head={"hidden_dims": [16]},
+        dan_stats_head=True,
+        **kw,
+    )
+
+
+def test_stats_head_ridge_init_is_the_linear_probe_stage_of_the_fit(tmp_path):
+    dm = _NoiseDataModule()
+    system = make_system(net=_stats_mfenet(), stats_head_init="ridge", stats_head_alphas=[1.0, 10.0, 100.0])
+    seen = _HeadAtTrainStart()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = make_trainer(tmp_path, callbacks=[seen, ckpt], max_steps=2, limit_val_batches=1)
+    trainer.fit(system, datamodule=dm)
+    probe = system.stats_head_probe
+    assert probe["n_train"] == 48 and probe["n_val"] == 24 and probe["alpha"] in (1.0, 10.0, 100.0)
+    # before the first step the head already scores the val images: its SRCC (scipy) is the probe's val SRCC
+    assert seen.weight.abs().sum() > 0
+    assert spearmanr(seen.val_pred, dm.val_db.mos.numpy())[0] == pytest.approx(probe["val_srcc"], abs=1e-5)
+    saved = torch.load(ckpt.last_model_path, map_location="cpu", weights_only=False)
+    assert saved[CKPT_META_KEY]["stats_head_probe"]["alpha"] == probe["alpha"]
+    # resuming the fit keeps the checkpoint's head: no second probe overwrites what was trained
+    resumed = make_system(net=_stats_mfenet(), stats_head_init="ridge", stats_head_alphas=[1.0, 10.0, 100.0])
+    seen2 = _HeadAtTrainStart()
+    make_trainer(tmp_path, epochs=3, callbacks=[seen2], max_steps=5, limit_val_batches=1).fit(
+        resumed, datamodule=dm, ckpt_path=ckpt.last_model_path
+    )
+    assert resumed.stats_head_probe is None
+    torch.testing.assert_close(seen2.weight, saved["state_dict"]["net.dan_stats.weight"])
+
+
+def test_stats_head_init_needs_the_head_and_a_known_mode():
+    with pytest.raises(ValueError, match="model.dan_stats_head=true"):
+        make_system(stats_head_init="ridge")  # TinyNet has no DAN-statistics head
+    with pytest.raises(ValueError, match="stats_head_init must be one of"):
+        make_system(net=_stats_mfenet(), stats_head_init="lstsq")
+    with pytest.raises(ValueError, match="stats_head_alphas"):
+        make_system(net=_stats_mfenet(), stats_head_init="ridge", stats_head_alphas=[])

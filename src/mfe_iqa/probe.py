@@ -12,6 +12,9 @@ that does not depend on an IQA fit, its initialization or its budget.
 - :func:`fit_ridge` / :func:`predict_ridge`: closed-form ridge on standardized features (train statistics
   only), primal or dual form, whichever system is smaller.
 - :func:`probe_split`: the alpha grid on val (or, without val, grouped k-fold on train), the refit, test.
+- :func:`init_stats_head_ridge`: the same probe as the starting point of a fine-tuning (LP-FT): MFENet's
+  ``StatsLinearHead`` set to the ridge solution on the DAN's crop statistics before the IQA fit
+  (``system.stats_head_init=ridge``).
 """
 
 from __future__ import annotations
@@ -190,6 +193,45 @@ def grouped_folds(groups: Sequence[str], k: int, seed: int) -> list[np.ndarray]:
     return [np.flatnonzero(labels == f) for f in range(k)]
 
 
+def choose_alpha(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    alphas: Sequence[float],
+    groups: Sequence[str] | None = None,
+    cv_folds: int = 5,
+    seed: int = 0,
+) -> tuple[float, list[dict[str, float]], str, int]:
+    """The ridge strength of the grid ``alphas`` (ascending) with the best SRCC: on the val rows when there are
+    at least 2, else the mean over ``cv_folds`` content-grouped folds of the training rows (``groups``: one
+    content id per training row). Ties go to the larger alpha (the simpler model).
+    Returns (alpha, curve [{"alpha", "val_srcc"}], selection "val" or "cv<k>", the alpha's grid position)."""
+    curve: list[dict[str, float]] = []
+    if len(y_val) >= 2:
+        selection = "val"
+        for a in alphas:
+            pred = predict_ridge(fit_ridge(x_train, y_train, a), x_val)
+            curve.append({"alpha": a, "val_srcc": _srcc(pred, y_val)})
+    else:
+        if groups is None or len(groups) != len(y_train):
+            raise ProbeError(
+                "without val rows the alpha is chosen by grouped CV: give one content id per training row"
+            )
+        selection = f"cv{cv_folds}"
+        folds = grouped_folds(list(groups), cv_folds, seed)
+        for a in alphas:
+            scores = []
+            for held in folds:
+                keep = np.setdiff1d(np.arange(len(y_train)), held)
+                pred = predict_ridge(fit_ridge(x_train[keep], y_train[keep], a), x_train[held])
+                scores.append(_srcc(pred, y_train[held]))
+            curve.append({"alpha": a, "val_srcc": float(np.mean(scores))})
+    scores = np.array([c["val_srcc"] for c in curve])
+    best = int(np.flatnonzero(scores >= scores.max() - 1e-12)[-1])  # ties: the largest alpha
+    return alphas[best], curve, selection, best
+
+
 @dataclass
 class ProbeResult:
     """One split: the alpha curve, the chosen alpha, val and test metrics and the test predictions."""
@@ -228,25 +270,10 @@ def probe_split(
     if len(tr) < 2:
         raise ProbeError(f"the split has {len(tr)} training images: ridge regression needs at least 2")
     mos = np.array([it.mos for it in items], dtype=np.float64)
-    curve: list[dict[str, float]] = []
-    if len(va) >= 2:
-        selection = "val"
-        for a in alphas:
-            pred = predict_ridge(fit_ridge(features[tr], mos[tr], a), features[va])
-            curve.append({"alpha": a, "val_srcc": _srcc(pred, mos[va])})
-    else:
-        selection = f"cv{cv_folds}"
-        folds = grouped_folds([items[i].content_id for i in tr], cv_folds, seed)
-        for a in alphas:
-            scores = []
-            for held in folds:
-                keep = np.setdiff1d(np.arange(len(tr)), held)
-                pred = predict_ridge(fit_ridge(features[tr[keep]], mos[tr[keep]], a), features[tr[held]])
-                scores.append(_srcc(pred, mos[tr[held]]))
-            curve.append({"alpha": a, "val_srcc": float(np.mean(scores))})
-    scores = np.array([c["val_srcc"] for c in curve])
-    best = int(np.flatnonzero(scores >= scores.max() - 1e-12)[-1])  # ties: the largest alpha
-    alpha = alphas[best]
+    alpha, curve, selection, best = choose_alpha(
+        features[tr], mos[tr], features[va], mos[va], alphas,
+        groups=[items[i].content_id for i in tr], cv_folds=cv_folds, seed=seed,
+    )  # fmt: skip
     model = fit_ridge(features[tr], mos[tr], alpha)
     val = score_metrics(predict_ridge(model, features[va]), mos[va]) if selection == "val" else None
     test_pred = predict_ridge(model, features[te])
@@ -260,4 +287,149 @@ def probe_split(
         test_mos=mos[te],
         at_grid_edge=len(alphas) > 1 and best in (0, len(alphas) - 1),
         counts={"train": len(tr), "val": len(va), "test": len(te)},
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Linear probe, then fine-tune (LP-FT): a StatsLinearHead started at the probe's solution
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class HeadInitResult:
+    """What the linear-probe stage fitted: alpha and its curve, in-sample train SRCC, val SRCC, counts."""
+
+    alpha: float
+    alpha_curve: list[dict[str, float]]
+    selection: str  # "val" or "cv<k>"
+    train_srcc: float
+    val_srcc: float | None
+    dead_features: int  # features constant over the training crops (weight 0)
+    at_grid_edge: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def crop_statistics(
+    dan: torch.nn.Module,
+    loader: Iterable[Mapping[str, torch.Tensor]],
+    num_items: int,
+    device: torch.device | str | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a :class:`~mfe_iqa.models.heads.StatsLinearHead` reads, for every crop of an evaluation loader.
+
+    ``dan(x)[0]`` is the list of stage maps; each crop gives ``stage_statistics`` of all of them (B*K, D).
+    Returns (the mean over each item's K crops, (N, D); the per-feature mean and population variance over all
+    N*K crops, (D,) and (D,)), in float64, with ``dan`` in eval mode (restored afterwards). Every index in
+    0..num_items-1 must come exactly once.
+    """
+    was_training = dan.training
+    dan.eval()
+    rows: dict[int, np.ndarray] = {}
+    total, total_sq, count = None, None, 0
+    try:
+        for batch in loader:
+            views = batch[BATCH_IMAGE]  # (B, K, 3, h, w)
+            if device is not None:
+                views = views.to(device)
+            b, k = views.shape[:2]
+            feats = stage_statistics(dan(views.flatten(0, 1))[0]).double().cpu()  # (B*K, D)
+            total = feats.sum(0) if total is None else total + feats.sum(0)
+            total_sq = (feats * feats).sum(0) if total_sq is None else total_sq + (feats * feats).sum(0)
+            count += b * k
+            for i, f in zip(batch[BATCH_INDEX].tolist(), feats.view(b, k, -1).mean(dim=1).numpy()):
+                if int(i) in rows:
+                    raise RuntimeError(f"crop statistics: item {i} came twice from the loader")
+                rows[int(i)] = f
+    finally:
+        dan.train(was_training)
+    missing = sorted(set(range(num_items)) - set(rows))
+    if missing or len(rows) != num_items:
+        raise RuntimeError(
+            f"crop statistics: the loader gave {len(rows)} items for {num_items} (missing e.g. {missing[:5]})"
+        )
+    mean = (total / count).numpy()
+    var = np.maximum((total_sq / count).numpy() - mean * mean, 0.0)
+    return np.stack([rows[i] for i in range(num_items)]), mean, var
+
+
+def init_stats_head_ridge(
+    head: torch.nn.Module,
+    dan: torch.nn.Module,
+    train_loader: Iterable[Mapping[str, torch.Tensor]],
+    train_items: Sequence[IQAItem],
+    val_loader: Iterable[Mapping[str, torch.Tensor]] | None = None,
+    val_items: Sequence[IQAItem] = (),
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    cv_folds: int = 5,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> HeadInitResult:
+    """The linear-probe stage of LP-FT (Kumar et al., ICLR 2022): set ``head`` (a ``StatsLinearHead`` over
+    ``dan``'s stages) to the ridge regressor of the items' (normalized) MOS on its own input features.
+
+    The head standardizes with its BatchNorm: its running mean and variance become the statistics of the training
+    crops, so in eval mode it computes ``w . (f - mean) / sqrt(var + eps) + b`` for a crop's features ``f``. Since
+    that is linear in ``f``, the average of the head over an image's crops is the head of the average feature:
+    the ridge is fitted on those per-image averages (standardized the same way), alpha chosen on the val items'
+    SRCC (or by grouped CV on train without val, as :func:`probe_split`), and folded into ``head.weight`` and
+    ``head.bias`` so that ``head`` in eval mode reproduces :func:`predict_ridge` exactly. Features constant over
+    the training crops get weight 0. No test item is involved.
+    """
+    norm = getattr(head, "norm", None)
+    if norm is None or getattr(head, "weight", None) is None or getattr(head, "bias", None) is None:
+        raise TypeError(
+            f"init_stats_head_ridge needs a StatsLinearHead (norm, weight, bias), got {type(head).__name__}"
+        )
+    alphas = sorted(float(a) for a in alphas)
+    if not alphas or any(not a > 0 for a in alphas):
+        raise ProbeError(f"ridge alphas must be a non-empty list of positive numbers, got {list(alphas)}")
+    if len(train_items) < 2:
+        raise ProbeError(f"the linear-probe stage needs at least 2 training images, got {len(train_items)}")
+    x_tr, mean, var = crop_statistics(dan, train_loader, len(train_items), device)
+    if x_tr.shape[1] != head.weight.shape[1]:
+        raise ValueError(
+            f"the head reads {head.weight.shape[1]} features but the DAN's stage statistics have {x_tr.shape[1]}"
+        )
+    dead = var <= 1e-12 * (1.0 + mean * mean)
+    std = np.sqrt(var + float(norm.eps))
+
+    def standardize(x: np.ndarray) -> np.ndarray:
+        z = (x - mean) / std
+        z[:, dead] = 0.0
+        return z
+
+    z_tr = standardize(x_tr)
+    y_tr = np.array([it.mos for it in train_items], dtype=np.float64)
+    if len(val_items) >= 2 and val_loader is not None:
+        z_va = standardize(crop_statistics(dan, val_loader, len(val_items), device)[0])
+        y_va = np.array([it.mos for it in val_items], dtype=np.float64)
+    else:
+        z_va, y_va = np.zeros((0, z_tr.shape[1])), np.zeros(0)
+    alpha, curve, selection, best = choose_alpha(
+        z_tr,
+        y_tr,
+        z_va,
+        y_va,
+        alphas,
+        groups=[it.content_id for it in train_items],
+        cv_folds=cv_folds,
+        seed=seed,
+    )
+    model = fit_ridge(z_tr, y_tr, alpha)  # predicts ((z - m) / s) . w' + b'
+    w = model.weights / model.scale
+    b = model.intercept - float(model.mean @ w)
+    w[dead] = 0.0
+    with torch.no_grad():
+        norm.running_mean.copy_(torch.from_numpy(mean))
+        norm.running_var.copy_(torch.from_numpy(var))
+        head.weight.copy_(torch.from_numpy(w).view_as(head.weight))
+        head.bias.fill_(b)
+    return HeadInitResult(
+        alpha=alpha,
+        alpha_curve=curve,
+        selection=selection,
+        train_srcc=_srcc(z_tr @ w + b, y_tr),
+        val_srcc=_srcc(z_va @ w + b, y_va) if len(y_va) >= 2 else None,
+        dead_features=int(dead.sum()),
+        at_grid_edge=len(alphas) > 1 and best in (0, len(alphas) - 1),
+        counts={"train": len(y_tr), "val": len(y_va)},
     )

@@ -316,7 +316,9 @@ class IQADataModule(LightningDataModule):
             drop_last=shuffle and len(dataset) > batch_size,
         )
 
-    def _eval_loader(self, items: Sequence[IQAItem]) -> DataLoader:
+    def eval_dataloader(self, items: Sequence[IQAItem]) -> DataLoader:
+        """An evaluation loader (the test crops / whole images, in order) over any of this module's items, e.g. the
+        training items for a linear probe; batches hold ``index`` = the position in ``items``."""
         dataset = IQAEvalDataset(
             items, self.eval_transform, short_side=self.short_side, path_map=self._path_map
         )
@@ -337,10 +339,10 @@ class IQADataModule(LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list:
         """The val loader; an empty list (Lightning then skips validation) when the split has no val part."""
-        return self._eval_loader(self.val_items) if self.has_val else []
+        return self.eval_dataloader(self.val_items) if self.has_val else []
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.test_items)
+        return self.eval_dataloader(self.test_items)
 
     def pretrain_images(self) -> list[Path]:
         """The images DAN contrastive pre-training may use when restricted to the training split: the training
@@ -351,7 +353,7 @@ class IQADataModule(LightningDataModule):
     def whole_dataloader(self) -> DataLoader:
         """Every usable item of the database (cross-dataset tests)."""
         self._require_setup()
-        return self._eval_loader(self._items)
+        return self.eval_dataloader(self._items)
 
 
 class LiveDataModule(IQADataModule):

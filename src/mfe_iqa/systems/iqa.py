@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from mfe_iqa.metrics import (
 from mfe_iqa.models.outputs import MFENetOutput
 
 log = logging.getLogger("mfe_iqa.systems.iqa")
+
+STATS_HEAD_INITS = ("zero", "ridge")
 
 CKPT_META_KEY = "mfe_iqa"
 NET_PREFIX = "net."
@@ -138,6 +141,8 @@ class IQATrainingModule(L.LightningModule):
         twin_margin: float = 0.1,
         twin_fraction: float = 1.0,
         channels_last: bool = False,
+        stats_head_init: str = "zero",
+        stats_head_alphas: Sequence[float] | None = None,
         model_cfg: Mapping | str | None = None,
         database: Mapping | None = None,
         test_set_names: Sequence[str] | None = None,
@@ -160,6 +165,26 @@ class IQATrainingModule(L.LightningModule):
             raise ValueError(
                 f"system.lambda_twin ({lambda_twin}) must be >= 0 and system.twin_fraction ({twin_fraction}) in (0, 1]"
             )
+        if stats_head_init not in STATS_HEAD_INITS:
+            raise ValueError(
+                f"system.stats_head_init must be one of {STATS_HEAD_INITS}, got {stats_head_init!r}"
+            )
+        if stats_head_init == "ridge" and getattr(net, "dan_stats", None) is None:
+            raise ValueError(
+                "system.stats_head_init=ridge starts the DAN-statistics head at the linear probe's solution: the "
+                "network has no such head. Set model.dan_stats_head=true (MFENet with use_dan=true)."
+            )
+        if stats_head_alphas is not None and (
+            not list(stats_head_alphas) or any(not float(a) > 0 for a in stats_head_alphas)
+        ):
+            raise ValueError(
+                f"system.stats_head_alphas must be null or a non-empty list of positive numbers, got {stats_head_alphas}"
+            )
+        self.stats_head_init = stats_head_init
+        self.stats_head_alphas = (
+            [float(a) for a in stats_head_alphas] if stats_head_alphas is not None else None
+        )
+        self.stats_head_probe: dict[str, Any] | None = None  # what the linear-probe stage fitted (ridge init)
         self.net = net
         self.channels_last = bool(channels_last)
         if self.channels_last:  # before the optimizer and the EMA copy exist, so both see the new layout
@@ -196,6 +221,7 @@ class IQATrainingModule(L.LightningModule):
                 "twin_margin": self.twin_loss.margin,
                 "twin_fraction": self.twin_fraction,
                 "channels_last": self.channels_last,
+                "stats_head_init": self.stats_head_init,
                 "database": self.database,
             }
         )
@@ -266,6 +292,67 @@ class IQATrainingModule(L.LightningModule):
     # ----------------------------------------------------------------------------------------------------------
     # training
     # ----------------------------------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.stats_head_init == "ridge":
+            self._init_stats_head_ridge()
+
+    def _init_stats_head_ridge(self) -> None:
+        """LP-FT's linear-probe stage: ``net.dan_stats`` set to the ridge regressor of the training images' MOS on
+        the DAN's crop statistics (alpha on val), before the first step (``mfe_iqa.probe.init_stats_head_ridge``).
+        Skipped when the fit resumes from a checkpoint (the head's weights come from there)."""
+        from mfe_iqa.probe import DEFAULT_ALPHAS, init_stats_head_ridge
+
+        if self.trainer.ckpt_path:
+            log.info(
+                "system.stats_head_init=ridge: resuming from %s, the head keeps its saved weights",
+                self.trainer.ckpt_path,
+            )
+            return
+        dm = self.trainer.datamodule
+        if dm is None or not hasattr(dm, "eval_dataloader") or not hasattr(dm, "train_items"):
+            raise ValueError(
+                "system.stats_head_init=ridge fits the head on the datamodule's training images: pass an "
+                "IQADataModule to trainer.fit(datamodule=...)"
+            )
+        has_val = bool(getattr(dm, "has_val", False))
+        val_items = list(dm.val_items) if has_val else []
+        started = time.perf_counter()
+        result = init_stats_head_ridge(
+            self.net.dan_stats,
+            self.net.dan,
+            dm.eval_dataloader(dm.train_items),
+            list(dm.train_items),
+            dm.eval_dataloader(val_items) if has_val else None,
+            val_items,
+            alphas=self.stats_head_alphas or DEFAULT_ALPHAS,
+            device=self.device,
+        )
+        seconds = time.perf_counter() - started
+        self.stats_head_probe = {
+            "alpha": result.alpha,
+            "selection": result.selection,
+            "train_srcc": result.train_srcc,
+            "val_srcc": result.val_srcc,
+            "dead_features": result.dead_features,
+            "seconds": seconds,
+            **{f"n_{k}": v for k, v in result.counts.items()},
+        }
+        log.info(
+            "Linear-probe stage (system.stats_head_init=ridge): DAN-statistics head set to the ridge fit on %d "
+            "training images (alpha %.3g chosen by %s%s; train SRCC %.3f, val SRCC %s; %d constant features; %.1f s)",
+            result.counts["train"], result.alpha, result.selection,
+            ", at the edge of the grid: widen system.stats_head_alphas" if result.at_grid_edge else "",
+            result.train_srcc, "n/a" if result.val_srcc is None else f"{result.val_srcc:.3f}",
+            result.dead_features, seconds,
+        )  # fmt: skip
+        metrics = {
+            f"stats_head_probe/{k}": float(v)
+            for k, v in self.stats_head_probe.items()
+            if isinstance(v, (int, float))
+        }
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=0)
+
     def on_train_start(self) -> None:
         # the sanity check fed the validation metrics; start clean
         self.val_metrics.reset()
@@ -557,6 +644,8 @@ class IQATrainingModule(L.LightningModule):
                 "IQATrainingModule has no model_cfg: this checkpoint cannot be rebuilt by load_net_from_checkpoint"
             )
         checkpoint[CKPT_META_KEY] = {"model_cfg": self.model_cfg, "database": self.database}
+        if self.stats_head_probe is not None:
+            checkpoint[CKPT_META_KEY]["stats_head_probe"] = dict(self.stats_head_probe)
 
 
 class CheckpointFormatError(UserError, ValueError):
