@@ -281,3 +281,56 @@ def test_pretrain_extra_overrides_come_after_the_presets():
     assert pretrain_overrides({}) == []
     with pytest.raises(ConfigError, match="pretrain_dan.extra_overrides must be a list"):
         pretrain_overrides({"extra_overrides": "seed=3"})
+
+
+def test_livec_table_probe_row_reads_the_full_runs_dan_split_and_data(tmp_path, compose_cfg, monkeypatch):
+    from mfe_iqa.cli import livec_table
+
+    out = tmp_path / "table"
+    full, plain = out / "mfenet_tiny", out / "plain"
+    (full / "dan_pretrain").mkdir(parents=True)
+    (full / ".hydra").mkdir()
+    plain.mkdir(parents=True)
+    (full / "dan_pretrain" / "dan.pt").write_bytes(b"weights")
+    _write_split_csv(full / "split.csv", {"train": 7, "val": 1, "test": 2})
+    (full / "config_resolved.yaml").write_text(
+        "data:\n  root: /somewhere/ChallengeDB_release\n  present_only: true\n  short_side: 160\n"
+        "  cache_dir: /cache/livec\n  crop_size: 128\n"
+    )
+    (full / ".hydra" / "hydra.yaml").write_text("hydra:\n  runtime:\n    choices:\n      data: livec\n")
+    assert livec_table.probe_command(plain, out / "probe_plain") is None  # no DAN in a plain run
+    cmd = livec_table.probe_command(full, out / "probe_mfenet_tiny")
+    assert cmd[1:3] == ["-m", "mfe_iqa.cli.probe"] and cmd[3:] == [
+        "data=livec",
+        "data.root=/somewhere/ChallengeDB_release",
+        "data.present_only=True",
+        "data.short_side=160",
+        "data.cache_dir=/cache/livec",
+        f"dan_ckpt={full / 'dan_pretrain' / 'dan.pt'}",
+        f"split.file={full / 'split.csv'}",
+        f"hydra.run.dir={out / 'probe_mfenet_tiny'}",
+    ]
+    cfg = compose_cfg("probe", cmd[3:])  # every key exists in the probe's config
+    assert cfg.data.short_side == 160 and cfg.split.file == str(full / "split.csv")
+
+    def fake_probe(cmd, cwd, env, stdout, stderr):  # what mfe-iqa-probe leaves in its run dir
+        run = Path(next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1])
+        run.mkdir(parents=True)
+        _write_split_csv(run / "split.csv", {"train": 7, "val": 1, "test": 2})
+        payload = {"train_db": "livec", "val": {"srcc": 0.7}, "test": {"livec": {"srcc": 0.45, "plcc": 0.5}}}
+        (run / "metrics.json").write_text(json.dumps(payload))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(livec_table.subprocess, "run", fake_probe)
+    rows = [
+        {"model": "plain", "test_srcc": 0.40, "test_plcc": 0.4},
+        {"model": "mfenet_tiny", "test_srcc": 0.50, "test_plcc": 0.5},
+    ]
+    row = livec_table.run_probe(rows, out, env={})
+    assert row["model"] == "probe:mfenet_tiny" and row["status"] == "ok"
+    assert (row["test_srcc"], row["val_srcc_best"], row["epochs"], row["budget_min"]) == (0.45, 0.7, None, None)
+    full_row = livec_table.read_row("mfenet_tiny", full, 20, 60.0, 1)  # (its own metrics are not needed here)
+    full_row.update(test_srcc=0.5, test_plcc=0.5, status="ok")
+    text = livec_table.format_markdown([full_row, row], split_index=0, budget_min=20, overrides=[])
+    assert "| probe:mfenet_tiny | 0.450 | 0.500 | 0.700 | - | - |" in text
+    assert "full - linear probe of its pre-trained DAN (probe:mfenet_tiny): +0.050" in text

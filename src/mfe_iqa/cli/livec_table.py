@@ -13,6 +13,11 @@ trained epochs).
     python -m mfe_iqa.cli.livec_table --budget-min 20                 # the issue's 20-minute setting
     python -m mfe_iqa.cli.livec_table --budget-min 4 --split-index 1 -- data.short_side=192  # extra overrides
 
+After the models, unless ``--no-probe``: the linear probe (``mfe-iqa-probe``) of the DAN that the first model with
+DAN pre-training (full, no_hfen) pre-trained in its own run, on that run's split and data settings, as one more
+row, ``probe:<model>``: a ridge regressor on the frozen DAN's pooled features, alpha on val, no IQA fit (about
+20 s). It says how much of the full model's score a linear read-out of the pre-trained DAN already gets.
+
 The budget bounds each IQA fit (validation included). DAN pre-training (full and no_hfen only) and the final test
 come on top of it: the wall-time column shows the whole job, so the difference is visible. A benchmark, not a
 test: the numbers depend on the machine and on what else runs on it.
@@ -102,7 +107,7 @@ def _tested(has_val: bool) -> str:
 
 
 def read_row(model: str, run_dir: Path, budget_min: int, wall_s: float, returncode: int) -> dict:
-    """One table row from a finished run dir (metrics.json written by mfe-iqa-train)."""
+    """One table row from a finished run dir (metrics.json written by mfe-iqa-train or mfe-iqa-probe)."""
     row: dict = {c: None for c in (*COLUMNS, *CSV_EXTRA)}
     row.update(model=model, budget_min=budget_min, wall_min=round(wall_s / 60.0, 2))
     try:
@@ -122,7 +127,8 @@ def read_row(model: str, run_dir: Path, budget_min: int, wall_s: float, returnco
     row.update(
         test_srcc=own.get("srcc"),
         test_plcc=own.get("plcc"),
-        val_srcc_best=val.get("srcc_best"),
+        # a fit's best validation; a probe has one val score (the chosen alpha's)
+        val_srcc_best=val.get("srcc_best", val.get("srcc")),
         epochs=_epochs_done(run_dir),
         status=unreadable or "ok",
     )
@@ -168,6 +174,11 @@ def format_markdown(rows: list[dict], *, split_index: int, budget_min: int, over
     if full and plain and full["test_srcc"] is not None and plain["test_srcc"] is not None:
         gap = full["test_srcc"] - plain["test_srcc"]
         notes.append(f"full - plain test SRCC: {gap:+.3f} (issue target: >= +0.10)")
+    probe = next((r for r in rows if str(r["model"]).startswith("probe:")), None)
+    if full and probe and full["test_srcc"] is not None and probe["test_srcc"] is not None:
+        notes.append(
+            f"full - linear probe of its pre-trained DAN ({probe['model']}): {full['test_srcc'] - probe['test_srcc']:+.3f}"
+        )
     if full and full["test_srcc"] is not None:
         notes.append(f"full test SRCC: {full['test_srcc']:.3f} (issue target: >= 0.60 at a 20-min budget)")
     return "\n".join([*head, "", *lines, "", *notes]) + "\n"
@@ -197,6 +208,59 @@ def train_command(
     ]
 
 
+# The data settings a probe takes over from the run whose DAN it reads (its saved, resolved config).
+PROBE_DATA_KEYS = ("root", "present_only", "short_side", "cache_dir", "csv_path", "image_dir")
+
+
+def probe_command(run_dir: Path, probe_dir: Path) -> list[str] | None:
+    """The ``mfe-iqa-probe`` command for the DAN pre-trained in ``run_dir`` (its ``dan_pretrain/dan.pt``), on that
+    run's own split (``split.csv``) and data settings (``config_resolved.yaml``); None when the run has no DAN."""
+    dan = run_dir / "dan_pretrain" / "dan.pt"
+    config = run_dir / "config_resolved.yaml"
+    if not (dan.is_file() and (run_dir / "split.csv").is_file() and config.is_file()):
+        return None
+    from omegaconf import OmegaConf
+
+    data_cfg = OmegaConf.select(OmegaConf.load(config), "data") or {}
+    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"  # which conf/data file the run composed
+    choice = (
+        OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.choices.data")
+        if hydra_yaml.is_file()
+        else None
+    )
+    choice = choice or "livec"
+    data = [f"data.{k}={data_cfg[k]}" for k in PROBE_DATA_KEYS if data_cfg.get(k) is not None]
+    return [
+        sys.executable,
+        "-m",
+        "mfe_iqa.cli.probe",
+        f"data={choice}",
+        *data,
+        f"dan_ckpt={dan}",
+        f"split.file={run_dir / 'split.csv'}",
+        f"hydra.run.dir={probe_dir}",
+    ]
+
+
+def run_probe(rows: list[dict], out: Path, env: dict, dry_run: bool = False) -> dict | None:
+    """The probe row for the first model run (table order) that pre-trained a DAN; None when none did."""
+    for model in [r["model"] for r in rows] if not dry_run else []:
+        cmd = probe_command(out / model, out / f"probe_{model}")
+        if cmd is None:
+            continue
+        label = f"probe:{model}"
+        print(f"[livec-table] {label}: {' '.join(cmd[1:])}", flush=True)
+        t0 = time.monotonic()
+        with open(out / f"probe_{model}.out", "w") as log_file:
+            proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        row = read_row(label, out / f"probe_{model}", None, time.monotonic() - t0, proc.returncode)
+        if row["status"].startswith("failed"):
+            row["status"] = f"failed (exit {proc.returncode}; see {out / f'probe_{model}.out'})"
+        print(f"[livec-table] {label}: {row}", flush=True)
+        return row
+    return None
+
+
 def run_table(
     models: list[str],
     budget_min: int,
@@ -204,6 +268,7 @@ def run_table(
     out: Path,
     overrides: list[str],
     dry_run: bool = False,
+    probe: bool = True,
 ) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -221,6 +286,10 @@ def run_table(
         row = read_row(model, run_dir, budget_min, time.monotonic() - t0, proc.returncode)
         print(f"[livec-table] {model}: {row}", flush=True)
         rows.append(row)
+    if probe:
+        probe_row = run_probe(rows, out, env, dry_run)
+        if probe_row is not None:
+            rows.append(probe_row)
     return rows
 
 
@@ -234,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated conf/model names")
     parser.add_argument("--out", default=None, help="output folder (default logs/livec_table/<time>)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    parser.add_argument(
+        "--no-probe", action="store_true", help="no linear-probe row for the full model's pre-trained DAN"
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (after --)")
     args = parser.parse_args(argv)
 
@@ -242,7 +314,15 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out = Path(args.out).resolve() if args.out else REPO_ROOT / "logs" / "livec_table" / stamp
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    rows = run_table(models, args.budget_min, args.split_index, out, list(args.overrides), args.dry_run)
+    rows = run_table(
+        models,
+        args.budget_min,
+        args.split_index,
+        out,
+        list(args.overrides),
+        args.dry_run,
+        probe=not args.no_probe,
+    )
     if args.dry_run:
         return 0
     text = format_markdown(
