@@ -46,6 +46,11 @@ def test_experiment_composes(compose_cfg, model):
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = instantiate(cfg.system.scheduler)(optimizer=opt)
     assert opt.param_groups[0]["lr"] <= 1.0 and sched is not None
+    # LP-FT: the DAN-statistics head where there is a DAN, started at the ridge probe (auto); none elsewhere
+    net = instantiate(cfg.model)
+    has_dan = model in ("mfenet_tiny", "no_hfen")
+    assert (getattr(net, "dan_stats", None) is not None) == has_dan
+    assert cfg.system.stats_head_init == "auto"
 
 
 def test_budget_cosine_schedule_follows_the_clock():
@@ -135,6 +140,10 @@ def test_fast_dev_run_on_the_sample_pretrains_on_training_images_only(tmp_path):
     # extra_overrides reached the pre-training: its training images are its authentic instance classes,
     # and no held-out k-NN query is among them
     assert roles["authentic"] == roles["train"] and not roles["authentic"] & roles["val"]
+    # LP-FT's linear-probe stage ran before the fit, on the training images (alpha on the val images)
+    log_text = proc.stdout + proc.stderr
+    assert f"head set to the ridge fit on {len(parts['train'])} training images" in log_text
+    assert "chosen by val" in log_text
 
 
 def _write_split_csv(path, counts):
@@ -328,7 +337,12 @@ def test_livec_table_probe_row_reads_the_full_runs_dan_split_and_data(tmp_path, 
     ]
     row = livec_table.run_probe(rows, out, env={})
     assert row["model"] == "probe:mfenet_tiny" and row["status"] == "ok"
-    assert (row["test_srcc"], row["val_srcc_best"], row["epochs"], row["budget_min"]) == (0.45, 0.7, None, None)
+    assert (row["test_srcc"], row["val_srcc_best"], row["epochs"], row["budget_min"]) == (
+        0.45,
+        0.7,
+        None,
+        None,
+    )
     full_row = livec_table.read_row("mfenet_tiny", full, 20, 60.0, 1)  # (its own metrics are not needed here)
     full_row.update(test_srcc=0.5, test_plcc=0.5, status="ok")
     text = livec_table.format_markdown([full_row, row], split_index=0, budget_min=20, overrides=[])

@@ -234,6 +234,8 @@ def test_plain_baseline() -> None:
     assert out.score.shape == (1,) and out.hf_pred is None and out.dist_logits is None
     groups = net.parameter_groups()
     assert len(groups["backbone"]) + len(groups["head"]) == len(list(net.parameters()))
+    with pytest.raises(ValueError, match="plain model has none"):
+        PlainIQANet("resnet10t", dan_stats_head=True)
 
 
 def test_dan_stats_head_starts_as_the_network_without_it() -> None:

@@ -458,3 +458,6 @@ def test_stats_head_init_needs_the_head_and_a_known_mode():
         make_system(net=_stats_mfenet(), stats_head_init="lstsq")
     with pytest.raises(ValueError, match="stats_head_alphas"):
         make_system(net=_stats_mfenet(), stats_head_init="ridge", stats_head_alphas=[])
+    # auto (a preset that trains several models): ridge where the head exists, nothing to start otherwise
+    assert make_system(stats_head_init="auto").stats_head_init == "zero"
+    assert make_system(net=_stats_mfenet(), stats_head_init="auto").stats_head_init == "ridge"

@@ -246,6 +246,8 @@ class PlainIQANet(nn.Module):
     """Plain baseline: one timm backbone (from scratch unless ``pretrained_path``) + the MFENet regression head.
 
     No DAN, no HFEN, no fusion: the reference point that shows what the multi-task branches add.
+    ``dan_stats_head`` is accepted so that one preset can set MFENet's option for every model it trains (e.g.
+    ``${oc.select:model.use_dan,false}``); it must be false here: there is no DAN to read.
     """
 
     def __init__(
@@ -253,8 +255,13 @@ class PlainIQANet(nn.Module):
         backbone: str = "resnet18",
         pretrained_path: str | None = None,
         head: Mapping | None = None,
+        dan_stats_head: bool = False,
     ) -> None:
         super().__init__()
+        if dan_stats_head:
+            raise ValueError(
+                "model.dan_stats_head=true reads a DAN's features: the plain model has none (use model=mfenet_tiny)."
+            )
         head_opts = merge_options("head", head, HEAD_DEFAULTS)
         self.backbone_name = backbone
         self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, global_pool="")

@@ -36,7 +36,7 @@ from mfe_iqa.models.outputs import MFENetOutput
 
 log = logging.getLogger("mfe_iqa.systems.iqa")
 
-STATS_HEAD_INITS = ("zero", "ridge")
+STATS_HEAD_INITS = ("zero", "ridge", "auto")
 
 CKPT_META_KEY = "mfe_iqa"
 NET_PREFIX = "net."
@@ -180,7 +180,12 @@ class IQATrainingModule(L.LightningModule):
             raise ValueError(
                 f"system.stats_head_alphas must be null or a non-empty list of positive numbers, got {stats_head_alphas}"
             )
-        self.stats_head_init = stats_head_init
+        # auto: ridge when the network has the DAN-statistics head (a preset that trains several models)
+        self.stats_head_init = (
+            ("ridge" if getattr(net, "dan_stats", None) is not None else "zero")
+            if stats_head_init == "auto"
+            else stats_head_init
+        )
         self.stats_head_alphas = (
             [float(a) for a in stats_head_alphas] if stats_head_alphas is not None else None
         )
