@@ -29,16 +29,26 @@ def tiny_demo(tmp_path_factory) -> Path:
 METRICS = ("srcc", "plcc", "krcc", "rmse", "plcc_fit")
 
 
+# LP-FT's linear-probe stage runs in both processes and rank 0's head is broadcast; the single-process evaluation
+# below reads the checkpoint those weights went into
+LPFT = ["model.dan_stats_head=true", "system.stats_head_init=ridge"]
+
+
+def _with_dan(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if o != "model.use_dan=false"]
+
+
 def test_two_process_run_matches_one_process_evaluation_of_its_checkpoint(tiny_demo, tmp_path):
     """DDP on 2 CPU processes trains and reports val/test metrics; one process evaluating the same checkpoint on
     the same splits gets the same numbers. The 11 val and 11 test images make the sampler pad a duplicate."""
     ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
     ddp = run_train(
         [
-            *tiny_overrides(tiny_demo, ddp_dir),
+            *_with_dan(tiny_overrides(tiny_demo, ddp_dir)),
             "trainer=ddp_cpu",
             "trainer.max_epochs=1",
             "system.lambda_hf=0",  # an ablation: the HF head is unused, which plain DDP refuses unless handled
+            *LPFT,
             "logger=csv_only",
             "callbacks.model_checkpoint.save_last=false",
             "+callbacks.model_checkpoint.save_weights_only=true",
@@ -46,6 +56,7 @@ def test_two_process_run_matches_one_process_evaluation_of_its_checkpoint(tiny_d
     )
     assert ddp.returncode == 0, ddp.stderr[-4000:]
     assert "MEMBER: 2/2" in ddp.stdout + ddp.stderr  # really two processes
+    assert (ddp.stdout + ddp.stderr).count("Linear-probe stage") == 2  # each process fitted the head
     parts = (ddp_dir / "split.csv").read_text().splitlines()[1:]
     assert (
         sum(r.endswith(",val") for r in parts) % 2 == 1 and sum(r.endswith(",test") for r in parts) % 2 == 1
@@ -58,8 +69,8 @@ def test_two_process_run_matches_one_process_evaluation_of_its_checkpoint(tiny_d
     from mfe_iqa.cli.train import train
 
     # one process, in this process: the checkpoint on the same split (val, then test)
-    overrides = [o for o in tiny_overrides(tiny_demo, single_dir) if not o.startswith("hydra.")]
-    extra = ["train=false", f"ckpt_path={ckpt}", f"split.file={ddp_dir / 'split.csv'}", "logger=csv_only"]
+    overrides = [o for o in _with_dan(tiny_overrides(tiny_demo, single_dir)) if not o.startswith("hydra.")]
+    extra = [*LPFT, "train=false", f"ckpt_path={ckpt}", f"split.file={ddp_dir / 'split.csv'}", "logger=csv_only"]
     train(compose_config("train", [*overrides, *extra], single_dir))
     a, b = read_metrics(ddp_dir), read_metrics(single_dir)
     for k in METRICS:

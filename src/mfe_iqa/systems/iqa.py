@@ -332,6 +332,11 @@ class IQATrainingModule(L.LightningModule):
             alphas=self.stats_head_alphas or DEFAULT_ALPHAS,
             device=self.device,
         )
+        # every process fitted the same images; rank 0's result is what all keep (float noise may differ on GPUs)
+        head = self.net.dan_stats
+        with torch.no_grad():
+            for t in (head.weight, head.bias, head.norm.running_mean, head.norm.running_var):
+                t.copy_(self.trainer.strategy.broadcast(t.detach().clone(), src=0).to(t.device))
         seconds = time.perf_counter() - started
         self.stats_head_probe = {
             "alpha": result.alpha,
