@@ -70,7 +70,13 @@ def test_two_process_run_matches_one_process_evaluation_of_its_checkpoint(tiny_d
 
     # one process, in this process: the checkpoint on the same split (val, then test)
     overrides = [o for o in _with_dan(tiny_overrides(tiny_demo, single_dir)) if not o.startswith("hydra.")]
-    extra = [*LPFT, "train=false", f"ckpt_path={ckpt}", f"split.file={ddp_dir / 'split.csv'}", "logger=csv_only"]
+    extra = [
+        *LPFT,
+        "train=false",
+        f"ckpt_path={ckpt}",
+        f"split.file={ddp_dir / 'split.csv'}",
+        "logger=csv_only",
+    ]
     train(compose_config("train", [*overrides, *extra], single_dir))
     a, b = read_metrics(ddp_dir), read_metrics(single_dir)
     for k in METRICS:
