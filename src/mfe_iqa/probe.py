@@ -20,8 +20,9 @@ that does not depend on an IQA fit, its initialization or its budget.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,25 +91,50 @@ def extract_features(
     ``full``). Every index in 0..num_items-1 must come exactly once: a missing or repeated item is an error,
     never a silently shorter matrix.
     """
-    was_training = backbone.training
-    backbone.eval()
+    return _item_rows(
+        backbone,
+        loader,
+        num_items,
+        lambda x: pooled_features(backbone, x, scales, stages, pooling),
+        "feature extraction",
+    )
+
+
+def _item_rows(
+    module: torch.nn.Module,
+    loader: Iterable[Mapping[str, torch.Tensor]],
+    num_items: int,
+    crop_features: Callable[[torch.Tensor], torch.Tensor],
+    what: str,
+    device: torch.device | str | None = None,
+    on_crops: Callable[[torch.Tensor], None] | None = None,
+) -> np.ndarray:
+    """(N, D) float64: per item of ``loader`` the mean over its K views of ``crop_features((B*K, 3, h, w))``, with
+    ``module`` in eval mode (restored afterwards); ``on_crops`` sees every batch's (B*K, D) float64 rows. Every
+    index in 0..num_items-1 must come exactly once: a missing or repeated item is an error (named by ``what``),
+    never a silently shorter matrix."""
+    was_training = module.training
+    module.eval()
     rows: dict[int, np.ndarray] = {}
     try:
         for batch in loader:
             views = batch[BATCH_IMAGE]  # (B, K, 3, h, w)
+            if device is not None:
+                views = views.to(device)
             b, k = views.shape[:2]
-            feats = pooled_features(backbone, views.flatten(0, 1), scales, stages, pooling)  # (B*K, D)
-            feats = feats.view(b, k, -1).mean(dim=1).double().cpu().numpy()
-            for i, f in zip(batch[BATCH_INDEX].tolist(), feats):
-                if i in rows:
-                    raise RuntimeError(f"feature extraction: item {i} came twice from the loader")
+            feats = crop_features(views.flatten(0, 1)).double().cpu()  # (B*K, D)
+            if on_crops is not None:
+                on_crops(feats)
+            for i, f in zip(batch[BATCH_INDEX].tolist(), feats.view(b, k, -1).mean(dim=1).numpy()):
+                if int(i) in rows:
+                    raise RuntimeError(f"{what}: item {i} came twice from the loader")
                 rows[int(i)] = f
     finally:
-        backbone.train(was_training)
+        module.train(was_training)
     missing = sorted(set(range(num_items)) - set(rows))
     if missing or len(rows) != num_items:
         raise RuntimeError(
-            f"feature extraction: the loader gave {len(rows)} items for {num_items} "
+            f"{what}: the loader gave {len(rows)} items for {num_items} "
             f"(missing e.g. {missing[:5]}): every item must be embedded once"
         )
     return np.stack([rows[i] for i in range(num_items)])
@@ -321,34 +347,19 @@ def crop_statistics(
     N*K crops, (D,) and (D,)), in float64, with ``dan`` in eval mode (restored afterwards). Every index in
     0..num_items-1 must come exactly once.
     """
-    was_training = dan.training
-    dan.eval()
-    rows: dict[int, np.ndarray] = {}
-    total, total_sq, count = None, None, 0
-    try:
-        for batch in loader:
-            views = batch[BATCH_IMAGE]  # (B, K, 3, h, w)
-            if device is not None:
-                views = views.to(device)
-            b, k = views.shape[:2]
-            feats = stage_statistics(dan(views.flatten(0, 1))[0]).double().cpu()  # (B*K, D)
-            total = feats.sum(0) if total is None else total + feats.sum(0)
-            total_sq = (feats * feats).sum(0) if total_sq is None else total_sq + (feats * feats).sum(0)
-            count += b * k
-            for i, f in zip(batch[BATCH_INDEX].tolist(), feats.view(b, k, -1).mean(dim=1).numpy()):
-                if int(i) in rows:
-                    raise RuntimeError(f"crop statistics: item {i} came twice from the loader")
-                rows[int(i)] = f
-    finally:
-        dan.train(was_training)
-    missing = sorted(set(range(num_items)) - set(rows))
-    if missing or len(rows) != num_items:
-        raise RuntimeError(
-            f"crop statistics: the loader gave {len(rows)} items for {num_items} (missing e.g. {missing[:5]})"
-        )
-    mean = (total / count).numpy()
-    var = np.maximum((total_sq / count).numpy() - mean * mean, 0.0)
-    return np.stack([rows[i] for i in range(num_items)]), mean, var
+    sums: dict[str, Any] = {"n": 0, "sum": 0.0, "sum_sq": 0.0}  # over all N*K crops
+
+    def accumulate(feats: torch.Tensor) -> None:
+        sums["n"] += len(feats)
+        sums["sum"] = sums["sum"] + feats.sum(0)
+        sums["sum_sq"] = sums["sum_sq"] + (feats * feats).sum(0)
+
+    rows = _item_rows(
+        dan, loader, num_items, lambda x: stage_statistics(dan(x)[0]), "crop statistics", device, accumulate
+    )
+    mean = (sums["sum"] / sums["n"]).numpy()
+    var = np.maximum((sums["sum_sq"] / sums["n"]).numpy() - mean * mean, 0.0)
+    return rows, mean, var
 
 
 def init_stats_head_ridge(
