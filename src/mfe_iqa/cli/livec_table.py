@@ -209,7 +209,7 @@ def train_command(
 
 
 # The data settings a probe takes over from the run whose DAN it reads (its saved, resolved config).
-PROBE_DATA_KEYS = ("root", "present_only", "short_side", "cache_dir", "csv_path", "image_dir")
+PROBE_DATA_KEYS = ("root", "present_only", "short_side", "cache_dir")
 
 
 def probe_command(run_dir: Path, probe_dir: Path) -> list[str] | None:
@@ -242,9 +242,9 @@ def probe_command(run_dir: Path, probe_dir: Path) -> list[str] | None:
     ]
 
 
-def run_probe(rows: list[dict], out: Path, env: dict, dry_run: bool = False) -> dict | None:
+def run_probe(rows: list[dict], out: Path, env: dict) -> dict | None:
     """The probe row for the first model run (table order) that pre-trained a DAN; None when none did."""
-    for model in [r["model"] for r in rows] if not dry_run else []:
+    for model in [r["model"] for r in rows]:
         cmd = probe_command(out / model, out / f"probe_{model}")
         if cmd is None:
             continue
@@ -286,8 +286,8 @@ def run_table(
         row = read_row(model, run_dir, budget_min, time.monotonic() - t0, proc.returncode)
         print(f"[livec-table] {model}: {row}", flush=True)
         rows.append(row)
-    if probe:
-        probe_row = run_probe(rows, out, env, dry_run)
+    if probe and not dry_run:
+        probe_row = run_probe(rows, out, env)
         if probe_row is not None:
             rows.append(probe_row)
     return rows
