@@ -343,8 +343,12 @@ def test_livec_table_probe_row_reads_the_full_runs_dan_split_and_data(tmp_path, 
         None,
         None,
     )
+    assert (
+        row["tested"] == "ridge alpha chosen on val SRCC" and row["split_ratios"] == "70/10/20 (7/1/2 images)"
+    )
     full_row = livec_table.read_row("mfenet_tiny", full, 20, 60.0, 1)  # (its own metrics are not needed here)
     full_row.update(test_srcc=0.5, test_plcc=0.5, status="ok")
     text = livec_table.format_markdown([full_row, row], split_index=0, budget_min=20, overrides=[])
     assert "| probe:mfenet_tiny | 0.450 | 0.500 | 0.700 | - | - |" in text
+    assert "the runs differ" not in text  # the probe row states its run's split, it is not another protocol
     assert "full - linear probe of its pre-trained DAN (probe:mfenet_tiny): +0.050" in text

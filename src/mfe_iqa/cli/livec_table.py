@@ -143,10 +143,17 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _is_probe(row: dict) -> bool:
+    return str(row["model"]).startswith("probe:")
+
+
 def format_markdown(rows: list[dict], *, split_index: int, budget_min: int, overrides: list[str]) -> str:
     # the protocol as the runs used it (their saved configs), not as the preset states it: an extra override
     # such as split.ratios=[0.8,0,0.2] changes both the split and what is tested
-    protocols = sorted({(r["split_ratios"], r["tested"]) for r in rows if r.get("split_ratios")})
+    # (the probe row, an alpha and no checkpoint, states the split of the run it probes)
+    protocols = sorted(
+        {(r["split_ratios"], r["tested"]) for r in rows if r.get("split_ratios") and not _is_probe(r)}
+    )
     if len(protocols) == 1:
         ((ratios, tested),) = protocols
         split_text, tested_text = f"{ratios}, by image", f", tested: {tested}."
@@ -174,7 +181,7 @@ def format_markdown(rows: list[dict], *, split_index: int, budget_min: int, over
     if full and plain and full["test_srcc"] is not None and plain["test_srcc"] is not None:
         gap = full["test_srcc"] - plain["test_srcc"]
         notes.append(f"full - plain test SRCC: {gap:+.3f} (issue target: >= +0.10)")
-    probe = next((r for r in rows if str(r["model"]).startswith("probe:")), None)
+    probe = next((r for r in rows if _is_probe(r)), None)
     if full and probe and full["test_srcc"] is not None and probe["test_srcc"] is not None:
         notes.append(
             f"full - linear probe of its pre-trained DAN ({probe['model']}): {full['test_srcc'] - probe['test_srcc']:+.3f}"
@@ -254,6 +261,10 @@ def run_probe(rows: list[dict], out: Path, env: dict) -> dict | None:
         with open(out / f"probe_{model}.out", "w") as log_file:
             proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
         row = read_row(label, out / f"probe_{model}", None, time.monotonic() - t0, proc.returncode)
+        if row["tested"] is not None:  # no checkpoint: the ridge strength is what val chose
+            row["tested"] = (
+                "ridge alpha chosen on val SRCC" if row["val_srcc_best"] is not None else "ridge alpha by CV"
+            )
         if row["status"].startswith("failed"):
             row["status"] = f"failed (exit {proc.returncode}; see {out / f'probe_{model}.out'})"
         print(f"[livec-table] {label}: {row}", flush=True)
