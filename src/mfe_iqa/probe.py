@@ -228,11 +228,18 @@ def choose_alpha(
     groups: Sequence[str] | None = None,
     cv_folds: int = 5,
     seed: int = 0,
-) -> tuple[float, list[dict[str, float]], str, int]:
-    """The ridge strength of the grid ``alphas`` (ascending) with the best SRCC: on the val rows when there are
-    at least 2, else the mean over ``cv_folds`` content-grouped folds of the training rows (``groups``: one
-    content id per training row). Ties go to the larger alpha (the simpler model).
-    Returns (alpha, curve [{"alpha", "val_srcc"}], selection "val" or "cv<k>", the alpha's grid position)."""
+) -> tuple[float, list[dict[str, float]], str, bool]:
+    """The ridge strength of the grid ``alphas`` with the best SRCC: on the val rows when there are at least 2,
+    else the mean over ``cv_folds`` content-grouped folds of the training rows (``groups``: one content id per
+    training row). Ties go to the larger alpha (the simpler model).
+    Returns (alpha, curve [{"alpha", "val_srcc"}] in ascending alpha, selection "val" or "cv<k>", whether the
+    alpha is at an end of a grid of several)."""
+    alphas = sorted(float(a) for a in alphas)
+    if not alphas or any(not a > 0 for a in alphas):
+        raise ProbeError(
+            "ridge alphas (mfe-iqa-probe: `alphas`; training: `system.stats_head_alphas`) must be a non-empty list "
+            f"of positive numbers, got {list(alphas)}"
+        )
     curve: list[dict[str, float]] = []
     if len(y_val) >= 2:
         selection = "val"
@@ -255,7 +262,7 @@ def choose_alpha(
             curve.append({"alpha": a, "val_srcc": float(np.mean(scores))})
     scores = np.array([c["val_srcc"] for c in curve])
     best = int(np.flatnonzero(scores >= scores.max() - 1e-12)[-1])  # ties: the largest alpha
-    return alphas[best], curve, selection, best
+    return alphas[best], curve, selection, len(alphas) > 1 and best in (0, len(alphas) - 1)
 
 
 @dataclass
@@ -287,16 +294,13 @@ def probe_split(
     the mean SRCC over ``cv_folds`` content-grouped folds of the training rows. The model is then fitted on all
     training rows with that alpha and scored on test. Test rows never take part in the choice.
     """
-    alphas = sorted(float(a) for a in alphas)
-    if not alphas or any(not a > 0 for a in alphas):
-        raise ProbeError(f"probe.alphas must be a non-empty list of positive numbers, got {list(alphas)}")
     tr, va, te = (np.asarray(parts.get(p, ()), dtype=int) for p in ("train", "val", "test"))
     if len(te) == 0:
         raise ProbeError("the split has no test images: nothing to score (split.ratios)")
     if len(tr) < 2:
         raise ProbeError(f"the split has {len(tr)} training images: ridge regression needs at least 2")
     mos = np.array([it.mos for it in items], dtype=np.float64)
-    alpha, curve, selection, best = choose_alpha(
+    alpha, curve, selection, at_grid_edge = choose_alpha(
         features[tr], mos[tr], features[va], mos[va], alphas,
         groups=[items[i].content_id for i in tr], cv_folds=cv_folds, seed=seed,
     )  # fmt: skip
@@ -311,7 +315,7 @@ def probe_split(
         test=score_metrics(test_pred, mos[te]),
         test_pred=test_pred,
         test_mos=mos[te],
-        at_grid_edge=len(alphas) > 1 and best in (0, len(alphas) - 1),
+        at_grid_edge=at_grid_edge,
         counts={"train": len(tr), "val": len(va), "test": len(te)},
     )
 
@@ -390,9 +394,6 @@ def init_stats_head_ridge(
         raise TypeError(
             f"init_stats_head_ridge needs a StatsLinearHead (norm, weight, bias), got {type(head).__name__}"
         )
-    alphas = sorted(float(a) for a in alphas)
-    if not alphas or any(not a > 0 for a in alphas):
-        raise ProbeError(f"ridge alphas must be a non-empty list of positive numbers, got {list(alphas)}")
     if len(train_items) < 2:
         raise ProbeError(f"the linear-probe stage needs at least 2 training images, got {len(train_items)}")
     x_tr, mean, var = crop_statistics(dan, train_loader, len(train_items), device)
@@ -415,7 +416,7 @@ def init_stats_head_ridge(
         y_va = np.array([it.mos for it in val_items], dtype=np.float64)
     else:
         z_va, y_va = np.zeros((0, z_tr.shape[1])), np.zeros(0)
-    alpha, curve, selection, best = choose_alpha(
+    alpha, curve, selection, at_grid_edge = choose_alpha(
         z_tr,
         y_tr,
         z_va,
@@ -439,8 +440,8 @@ def init_stats_head_ridge(
         alpha_curve=curve,
         selection=selection,
         train_srcc=_srcc(z_tr @ w + b, y_tr),
-        val_srcc=_srcc(z_va @ w + b, y_va) if len(y_va) >= 2 else None,
+        val_srcc=next(c["val_srcc"] for c in curve if c["alpha"] == alpha) if selection == "val" else None,
         dead_features=int(dead.sum()),
-        at_grid_edge=len(alphas) > 1 and best in (0, len(alphas) - 1),
+        at_grid_edge=at_grid_edge,
         counts={"train": len(y_tr), "val": len(y_va)},
     )
