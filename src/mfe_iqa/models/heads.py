@@ -62,13 +62,14 @@ class StatsLinearHead(nn.Module):
     What a ridge probe of the frozen pre-trained DAN fits (``mfe_iqa.probe``), as a path inside the network:
     the DAN's second-order statistics (noise, blur, contrast) reach the score without passing through the
     fusion into QEN. ``w`` and ``b`` start at zero and draw no random numbers, so a network with this path
-    starts with exactly the outputs and the initialization of the same network without it.
+    starts with exactly the outputs and the initialization of the same network without it;
+    ``mfe_iqa.probe.init_stats_head_ridge`` sets them to the ridge probe's solution instead (LP-FT).
     [(B, C_j, h_j, w_j)] -> (B,).
     """
 
     def __init__(self, channels: Sequence[int]) -> None:
         super().__init__()
-        self.in_features = 2 * sum(int(c) for c in channels)
+        self.in_features = len(STAGE_STATISTICS) * sum(int(c) for c in channels)
         self.norm = nn.BatchNorm1d(self.in_features, affine=False)
         # (1, D) like an nn.Linear weight, so the optimizer's weight decay (the ridge penalty) applies to it
         self.weight = nn.Parameter(torch.zeros(1, self.in_features))
