@@ -157,7 +157,7 @@ def test_frozen_dan_gets_no_gradient_and_keeps_statistics() -> None:
 def test_parameter_groups_partition_trainable_parameters() -> None:
     net = tiny()
     groups = net.parameter_groups()
-    assert set(groups) == {"backbone", "dan", "head"}
+    assert set(groups) == {"backbone", "dan", "stats_head", "head"}
     ids = {k: {id(p) for p in v} for k, v in groups.items()}
     every = [i for v in groups.values() for i in map(id, v)]
     assert len(every) == len(set(every))  # no parameter in two groups
@@ -168,6 +168,7 @@ def test_parameter_groups_partition_trainable_parameters() -> None:
     assert id(net.dan.dist_head.weight) in ids["head"]
     no_dan = tiny(use_dan=False).parameter_groups()
     assert no_dan["dan"] == [] and len(no_dan["backbone"]) == len(groups["backbone"])
+    assert groups["stats_head"] == [] == no_dan["stats_head"]  # no DAN-statistics head in this net
 
 
 def test_add_fusion_in_network_equals_sum() -> None:
@@ -257,7 +258,9 @@ def test_dan_stats_head_starts_as_the_network_without_it() -> None:
         b = tiny(head=head_dropout_off, dan_stats_head=True).train(mode)(x).score
         torch.testing.assert_close(b, a, rtol=0, atol=0)
     groups = stats.parameter_groups()
-    assert any(p is stats.dan_stats.weight for p in groups["head"]) and stats.dan_stats.weight.ndim == 2
+    # its own group (system.stats_head_lr_mult); the weight 2-D, so the optimizer's weight decay applies to it
+    assert [id(p) for p in groups["stats_head"]] == [id(stats.dan_stats.weight), id(stats.dan_stats.bias)]
+    assert stats.dan_stats.weight.ndim == 2
     with pytest.raises(ValueError, match="needs model.use_dan=true"):
         tiny(use_dan=False, dan_stats_head=True)
 

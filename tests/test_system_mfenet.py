@@ -92,3 +92,40 @@ def test_dan_lr_mult_defaults_to_backbone_and_rejects_zero():
     assert groups["head"]["lr"] == pytest.approx(1e-3)
     with pytest.raises(ValueError, match=r"dan_lr_mult \(0\.0\).*model\.dan\.freeze=true"):
         IQATrainingModule(net=net, dan_lr_mult=0.0)
+
+
+def test_stats_head_lr_mult_sets_its_own_group_and_zero_keeps_the_head(tmp_path):
+    if not MODEL_YAML.is_file():
+        pytest.skip(f"{MODEL_YAML} not present")
+    cfg = OmegaConf.to_container(OmegaConf.load(MODEL_YAML), resolve=True)
+    cfg["dan"]["pretrained_ckpt"] = None
+    cfg["dan_stats_head"] = True
+    torch.manual_seed(0)
+    net = instantiate(cfg)
+    adamw = functools.partial(torch.optim.AdamW, lr=1e-3)
+    groups = {g["name"]: g for g in IQATrainingModule(net=net, optimizer=adamw, stats_head_lr_mult=0.1)
+              .configure_optimizers().param_groups}  # fmt: skip
+    # the head's weight (decayed) and bias (not decayed) at lr * 0.1; nothing of it in the other groups
+    assert groups["stats_head"]["lr"] == pytest.approx(1e-4) == groups["stats_head_no_decay"]["lr"]
+    assert {id(p) for n in ("stats_head", "stats_head_no_decay") for p in groups[n]["params"]} == {
+        id(net.dan_stats.weight),
+        id(net.dan_stats.bias),
+    }
+    assert groups["head"]["lr"] == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match=r"stats_head_lr_mult \(-1\.0\) must be >= 0"):
+        IQATrainingModule(net=net, stats_head_lr_mult=-1.0)
+
+    # at 0 the head keeps its start (a nonzero one, as the probe stage leaves it) while the rest of the net trains
+    with torch.no_grad():
+        net.dan_stats.weight.normal_(0, 0.01)
+        net.dan_stats.bias.fill_(0.3)
+    start = {n: p.detach().clone() for n, p in net.named_parameters()}
+    system = IQATrainingModule(net=net, optimizer=adamw, stats_head_lr_mult=0.0, weight_decay=0.01)
+    trainer = L.Trainer(
+        default_root_dir=tmp_path, max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(system, DataLoader(NoiseDB(8, seed=1), batch_size=4))
+    moved = {n for n, p in net.named_parameters() if not torch.equal(p, start[n])}
+    assert not moved & {"dan_stats.weight", "dan_stats.bias"}
+    assert any(n.startswith("qen.") for n in moved) and any(n.startswith("dan.backbone.") for n in moved)

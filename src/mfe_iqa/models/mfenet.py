@@ -229,15 +229,22 @@ class MFENet(nn.Module):
         """Trainable parameters split for per-module learning rates.
 
         backbone: the QEN VAN; dan: the DAN backbone (the branch that arrives pre-trained by contrastive
-        learning, ``system.dan_lr_mult``); head: fusion modules, projections, HFEN, regression head and
-        distortion head (new modules). Frozen parameters are left out of all three.
+        learning, ``system.dan_lr_mult``); stats_head: the DAN-statistics head (``dan_stats_head``; the path
+        the linear-probe stage of LP-FT starts, ``system.stats_head_lr_mult``); head: fusion modules,
+        projections, HFEN, regression head and distortion head (new modules). Frozen parameters are left out.
         """
         qen_ids = {id(p) for p in self.qen.parameters()}
         dan_ids = {id(p) for p in self.dan.backbone.parameters()} if self.dan is not None else set()
-        groups: dict[str, list[nn.Parameter]] = {"backbone": [], "dan": [], "head": []}
+        stats_ids = {id(p) for p in self.dan_stats.parameters()} if self.dan_stats is not None else set()
+        groups: dict[str, list[nn.Parameter]] = {"backbone": [], "dan": [], "stats_head": [], "head": []}
         for p in self.parameters():
             if p.requires_grad:
-                key = "backbone" if id(p) in qen_ids else "dan" if id(p) in dan_ids else "head"
+                key = (
+                    "backbone" if id(p) in qen_ids
+                    else "dan" if id(p) in dan_ids
+                    else "stats_head" if id(p) in stats_ids
+                    else "head"
+                )  # fmt: skip
                 groups[key].append(p)
         return groups
 

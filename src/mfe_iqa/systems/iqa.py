@@ -37,6 +37,8 @@ from mfe_iqa.models.outputs import MFENetOutput
 log = logging.getLogger("mfe_iqa.systems.iqa")
 
 STATS_HEAD_INITS = ("zero", "ridge", "auto")
+# the groups a network's parameter_groups() may name; each trains at the optimizer's lr times its multiplier
+PARAMETER_GROUPS = ("backbone", "dan", "stats_head", "head")
 
 CKPT_META_KEY = "mfe_iqa"
 NET_PREFIX = "net."
@@ -135,6 +137,7 @@ class IQATrainingModule(L.LightningModule):
         scheduler_interval: str = "step",
         backbone_lr_mult: float = 1.0,
         dan_lr_mult: float | None = None,
+        stats_head_lr_mult: float = 1.0,
         weight_decay: float = 0.0,
         fit_5_parameter: bool = False,
         lambda_twin: float = 0.0,
@@ -160,6 +163,11 @@ class IQATrainingModule(L.LightningModule):
             raise ValueError(
                 f"system.backbone_lr_mult ({backbone_lr_mult}) and system.dan_lr_mult ({dan_lr_mult}) must be > 0 "
                 "(dan_lr_mult null: the backbone's); to keep the pre-trained DAN fixed set model.dan.freeze=true"
+            )
+        if not stats_head_lr_mult >= 0:
+            raise ValueError(
+                f"system.stats_head_lr_mult ({stats_head_lr_mult}) must be >= 0 (0: the DAN-statistics head keeps "
+                "its start, e.g. the linear probe of system.stats_head_init=ridge; 1: the head's lr)"
             )
         if lambda_twin < 0 or not 0 < twin_fraction <= 1:
             raise ValueError(
@@ -208,6 +216,7 @@ class IQATrainingModule(L.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.backbone_lr_mult = float(backbone_lr_mult)
         self.dan_lr_mult = self.backbone_lr_mult if dan_lr_mult is None else float(dan_lr_mult)
+        self.stats_head_lr_mult = float(stats_head_lr_mult)
         self.weight_decay = float(weight_decay)
         self.fit_5_parameter = bool(fit_5_parameter)
         self.model_cfg = _model_cfg_to_dict(model_cfg)
@@ -219,6 +228,7 @@ class IQATrainingModule(L.LightningModule):
                 "lambda_dist": self.lambda_dist,
                 "backbone_lr_mult": self.backbone_lr_mult,
                 "dan_lr_mult": self.dan_lr_mult,
+                "stats_head_lr_mult": self.stats_head_lr_mult,
                 "weight_decay": self.weight_decay,
                 "scheduler_interval": scheduler_interval,
                 "fit_5_parameter": self.fit_5_parameter,
@@ -572,15 +582,16 @@ class IQATrainingModule(L.LightningModule):
     def _parameter_groups(self) -> list[dict[str, Any]]:
         """backbone/dan/head x decay/no_decay groups; biases and norm parameters (ndim <= 1) get no weight decay.
 
-        Learning rate: the optimizer's lr times backbone_lr_mult (backbone), dan_lr_mult (dan) or 1 (head).
+        Learning rate: the optimizer's lr times backbone_lr_mult (backbone), dan_lr_mult (dan),
+        stats_head_lr_mult (stats_head) or 1 (head).
         """
         trainable = [p for p in self.net.parameters() if p.requires_grad]
         if hasattr(self.net, "parameter_groups"):
             named = {str(k): list(v) for k, v in self.net.parameter_groups().items()}
-            unknown = sorted(set(named) - {"backbone", "dan", "head"})
+            unknown = sorted(set(named) - set(PARAMETER_GROUPS))
             if unknown:
                 raise ValueError(
-                    f"net.parameter_groups() returned unknown groups {unknown}; use 'backbone', 'dan' and 'head'"
+                    f"net.parameter_groups() returned unknown groups {unknown}; use {', '.join(PARAMETER_GROUPS)}"
                 )
         else:
             named = {"head": trainable}
@@ -602,7 +613,11 @@ class IQATrainingModule(L.LightningModule):
         groups: list[dict[str, Any]] = []
         for group, params in named.items():
             params = [p for p in params if p.requires_grad]
-            mult = {"backbone": self.backbone_lr_mult, "dan": self.dan_lr_mult}.get(group, 1.0)
+            mult = {
+                "backbone": self.backbone_lr_mult,
+                "dan": self.dan_lr_mult,
+                "stats_head": self.stats_head_lr_mult,
+            }.get(group, 1.0)
             decay = [p for p in params if p.ndim > 1]
             no_decay = [p for p in params if p.ndim <= 1]
             if decay:
