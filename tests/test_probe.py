@@ -307,3 +307,43 @@ def test_ridge_head_init_refuses_a_mismatched_head_and_bad_alphas():
         init_stats_head_ridge(StatsLinearHead([3, 2]), _TwoStageDAN(), batches, items, alphas=[0.0])
     with pytest.raises(TypeError, match="StatsLinearHead"):
         init_stats_head_ridge(nn.Linear(10, 1), _TwoStageDAN(), batches, items)
+
+
+def test_ridge_head_init_by_cv_ignores_val_for_the_choice_and_reports_it():
+    from mfe_iqa.models.heads import StatsLinearHead
+
+    dan, head = _TwoStageDAN().eval(), StatsLinearHead(_TwoStageDAN.channels)
+    tr_items, tr_batches, tr_views = _crop_db(30, 4, seed=1)
+    va_items, va_batches, va_views = _crop_db(12, 4, seed=2)
+    alphas = [0.3, 3.0, 30.0, 300.0]
+    result = init_stats_head_ridge(
+        head, dan, tr_batches, tr_items, va_batches, va_items, alphas=alphas, cv_folds=3, selection="cv"
+    )
+    f_tr, f_va = _stats_by_hand(dan, tr_views), _stats_by_hand(dan, va_views)
+    crops = f_tr.reshape(-1, f_tr.shape[-1])
+    mean, var = crops.mean(0), crops.var(0)
+    dead = var < 1e-12
+    z_tr = (f_tr.mean(1) - mean) / np.sqrt(var + head.norm.eps)
+    z_va = (f_va.mean(1) - mean) / np.sqrt(var + head.norm.eps)
+    z_tr[:, dead], z_va[:, dead] = 0.0, 0.0
+    y_tr, y_va = np.array([it.mos for it in tr_items]), np.array([it.mos for it in va_items])
+    # the folds: 3 disjoint parts covering the 30 training items (one content each here)
+    folds = grouped_folds([it.content_id for it in tr_items], 3, seed=0)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(30)) and len(folds) == 3
+    cv_srcc = []
+    for a in alphas:
+        scores = []
+        for held in folds:
+            keep = np.setdiff1d(np.arange(30), held)
+            scores.append(
+                spearmanr(_ridge_by_augmented_lstsq(z_tr[keep], y_tr[keep], a)(z_tr[held]), y_tr[held])[0]
+            )
+        cv_srcc.append(np.mean(scores))
+    best = max(range(len(alphas)), key=lambda j: (round(cv_srcc[j], 12), j))
+    assert result.alpha == alphas[best] and result.selection == "cv3"
+    assert [c["val_srcc"] for c in result.alpha_curve] == pytest.approx(cv_srcc, abs=1e-6)
+    # val did not choose, but it reports: the SRCC of the chosen head on the val items
+    truth = spearmanr(_ridge_by_augmented_lstsq(z_tr, y_tr, alphas[best])(z_va), y_va)[0]
+    assert result.val_srcc == pytest.approx(truth, abs=1e-6) and result.counts == {"train": 30, "val": 12}
+    with pytest.raises(ProbeError, match=r"alpha selection must be one of \('val', 'cv'\), got 'test'"):
+        init_stats_head_ridge(head, dan, tr_batches, tr_items, selection="test")

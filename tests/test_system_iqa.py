@@ -451,6 +451,20 @@ def test_stats_head_ridge_init_is_the_linear_probe_stage_of_the_fit(tmp_path):
     torch.testing.assert_close(seen2.weight, saved["state_dict"]["net.dan_stats.weight"])
 
 
+def test_stats_head_alpha_by_cv_on_the_training_images(tmp_path):
+    dm = _NoiseDataModule()
+    system = make_system(
+        net=_stats_mfenet(), stats_head_init="ridge", stats_head_alphas=[1.0, 10.0, 100.0],
+        stats_head_alpha_selection="cv", stats_head_cv_folds=4,
+    )  # fmt: skip
+    seen = _HeadAtTrainStart()
+    make_trainer(tmp_path, callbacks=[seen], max_steps=1, limit_val_batches=1).fit(system, datamodule=dm)
+    probe = system.stats_head_probe
+    assert probe["selection"] == "cv4" and probe["n_train"] == 48 and probe["n_val"] == 24
+    # val did not choose alpha but is reported: the SRCC (scipy) of the started head on the val images
+    assert spearmanr(seen.val_pred, dm.val_db.mos.numpy())[0] == pytest.approx(probe["val_srcc"], abs=1e-5)
+
+
 def test_stats_head_init_needs_the_head_and_a_known_mode():
     with pytest.raises(ValueError, match="model.dan_stats_head=true"):
         make_system(stats_head_init="ridge")  # TinyNet has no DAN-statistics head
@@ -458,6 +472,10 @@ def test_stats_head_init_needs_the_head_and_a_known_mode():
         make_system(net=_stats_mfenet(), stats_head_init="lstsq")
     with pytest.raises(ValueError, match="stats_head_alphas"):
         make_system(net=_stats_mfenet(), stats_head_init="ridge", stats_head_alphas=[])
+    with pytest.raises(ValueError, match=r"stats_head_alpha_selection must be one of \('val', 'cv'\)"):
+        make_system(net=_stats_mfenet(), stats_head_init="ridge", stats_head_alpha_selection="test")
+    with pytest.raises(ValueError, match="stats_head_cv_folds >= 2"):
+        make_system(net=_stats_mfenet(), stats_head_init="ridge", stats_head_cv_folds=1)
     # auto (a preset that trains several models): ridge where the head exists, nothing to start otherwise
     assert make_system(stats_head_init="auto").stats_head_init == "zero"
     assert make_system(net=_stats_mfenet(), stats_head_init="auto").stats_head_init == "ridge"

@@ -35,6 +35,9 @@ from mfe_iqa.models.heads import STAGE_STATISTICS, stage_statistics
 log = logging.getLogger("mfe_iqa.probe")
 
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-1, 6, 15))  # half-decade steps
+# how the linear-probe stage of LP-FT chooses alpha: on the val images (grouped CV on train when there are none),
+# or always by grouped CV on the training images (the val images then only report)
+HEAD_ALPHA_SELECTIONS = ("val", "cv")
 
 
 class ProbeError(UserError, ValueError):
@@ -377,6 +380,7 @@ def init_stats_head_ridge(
     cv_folds: int = 5,
     seed: int = 0,
     device: torch.device | str | None = None,
+    selection: str = "val",
 ) -> HeadInitResult:
     """The linear-probe stage of LP-FT (Kumar et al., ICLR 2022): set ``head`` (a ``StatsLinearHead`` over
     ``dan``'s stages) to the ridge regressor of the items' (normalized) MOS on its own input features.
@@ -385,10 +389,15 @@ def init_stats_head_ridge(
     crops, so in eval mode it computes ``w . (f - mean) / sqrt(var + eps) + b`` for a crop's features ``f``. Since
     that is linear in ``f``, the average of the head over an image's crops is the head of the average feature:
     the ridge is fitted on those per-image averages (standardized the same way), alpha chosen on the val items'
-    SRCC (or by grouped CV on train without val, as :func:`probe_split`), and folded into ``head.weight`` and
-    ``head.bias`` so that ``head`` in eval mode reproduces :func:`predict_ridge` exactly. Features constant over
+    SRCC (or by grouped CV on train without val, as :func:`probe_split`; ``selection="cv"``: by ``cv_folds``-fold
+    grouped CV on the training items even when there are val items, which then only report), and folded into
+    ``head.weight`` and ``head.bias`` so that ``head`` in eval mode reproduces :func:`predict_ridge` exactly. Features constant over
     the training crops get weight 0. No test item is involved.
     """
+    if selection not in HEAD_ALPHA_SELECTIONS:
+        raise ProbeError(
+            f"the linear-probe stage's alpha selection must be one of {HEAD_ALPHA_SELECTIONS}, got {selection!r}"
+        )
     norm = getattr(head, "norm", None)
     if norm is None or getattr(head, "weight", None) is None or getattr(head, "bias", None) is None:
         raise TypeError(
@@ -416,11 +425,10 @@ def init_stats_head_ridge(
         y_va = np.array([it.mos for it in val_items], dtype=np.float64)
     else:
         z_va, y_va = np.zeros((0, z_tr.shape[1])), np.zeros(0)
-    alpha, curve, selection, at_grid_edge = choose_alpha(
+    alpha, curve, chosen_by, at_grid_edge = choose_alpha(
         z_tr,
         y_tr,
-        z_va,
-        y_va,
+        *((z_va, y_va) if selection == "val" else (z_va[:0], y_va[:0])),  # no val rows: grouped CV on train
         alphas,
         groups=[it.content_id for it in train_items],
         cv_folds=cv_folds,
@@ -430,6 +438,11 @@ def init_stats_head_ridge(
     w = model.weights / model.scale
     b = model.intercept - float(model.mean @ w)
     w[dead] = 0.0
+    val_srcc = None  # the chosen head's SRCC on val: the curve's value when val chose, else it only reports
+    if chosen_by == "val":
+        val_srcc = next(c["val_srcc"] for c in curve if c["alpha"] == alpha)
+    elif len(y_va) >= 2:
+        val_srcc = _srcc(z_va @ w + b, y_va)
     with torch.no_grad():
         norm.running_mean.copy_(torch.from_numpy(mean))
         norm.running_var.copy_(torch.from_numpy(var))
@@ -438,9 +451,9 @@ def init_stats_head_ridge(
     return HeadInitResult(
         alpha=alpha,
         alpha_curve=curve,
-        selection=selection,
+        selection=chosen_by,
         train_srcc=_srcc(z_tr @ w + b, y_tr),
-        val_srcc=next(c["val_srcc"] for c in curve if c["alpha"] == alpha) if selection == "val" else None,
+        val_srcc=val_srcc,
         dead_features=int(dead.sum()),
         at_grid_edge=at_grid_edge,
         counts={"train": len(y_tr), "val": len(y_va)},

@@ -146,6 +146,8 @@ class IQATrainingModule(L.LightningModule):
         channels_last: bool = False,
         stats_head_init: str = "zero",
         stats_head_alphas: Sequence[float] | None = None,
+        stats_head_alpha_selection: str = "val",
+        stats_head_cv_folds: int = 5,
         model_cfg: Mapping | str | None = None,
         database: Mapping | None = None,
         test_set_names: Sequence[str] | None = None,
@@ -188,6 +190,15 @@ class IQATrainingModule(L.LightningModule):
             raise ValueError(
                 f"system.stats_head_alphas must be null or a non-empty list of positive numbers, got {stats_head_alphas}"
             )
+        from mfe_iqa.probe import HEAD_ALPHA_SELECTIONS
+
+        if stats_head_alpha_selection not in HEAD_ALPHA_SELECTIONS or int(stats_head_cv_folds) < 2:
+            raise ValueError(
+                f"system.stats_head_alpha_selection must be one of {HEAD_ALPHA_SELECTIONS} (got "
+                f"{stats_head_alpha_selection!r}) and system.stats_head_cv_folds >= 2 (got {stats_head_cv_folds})"
+            )
+        self.stats_head_alpha_selection = str(stats_head_alpha_selection)
+        self.stats_head_cv_folds = int(stats_head_cv_folds)
         # auto: ridge when the network has the DAN-statistics head (a preset that trains several models)
         self.stats_head_init = (
             ("ridge" if getattr(net, "dan_stats", None) is not None else "zero")
@@ -340,7 +351,9 @@ class IQATrainingModule(L.LightningModule):
             dm.eval_dataloader(val_items) if has_val else None,
             val_items,
             alphas=self.stats_head_alphas or DEFAULT_ALPHAS,
+            cv_folds=self.stats_head_cv_folds,
             device=self.device,
+            selection=self.stats_head_alpha_selection,
         )
         # every process fitted the same images; rank 0's result is what all keep (float noise may differ on GPUs)
         head = self.net.dan_stats
