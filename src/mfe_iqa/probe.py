@@ -391,8 +391,8 @@ def init_stats_head_ridge(
     the ridge is fitted on those per-image averages (standardized the same way), alpha chosen on the val items'
     SRCC (or by grouped CV on train without val, as :func:`probe_split`; ``selection="cv"``: by ``cv_folds``-fold
     grouped CV on the training items even when there are val items, which then only report), and folded into
-    ``head.weight`` and ``head.bias`` so that ``head`` in eval mode reproduces :func:`predict_ridge` exactly. Features constant over
-    the training crops get weight 0. No test item is involved.
+    ``head.weight`` and ``head.bias`` so that ``head`` in eval mode reproduces :func:`predict_ridge` exactly.
+    Features constant over the training crops get weight 0. No test item is involved.
     """
     if selection not in HEAD_ALPHA_SELECTIONS:
         raise ProbeError(

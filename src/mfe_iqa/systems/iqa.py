@@ -248,6 +248,8 @@ class IQATrainingModule(L.LightningModule):
                 "twin_fraction": self.twin_fraction,
                 "channels_last": self.channels_last,
                 "stats_head_init": self.stats_head_init,
+                "stats_head_alpha_selection": self.stats_head_alpha_selection,
+                "stats_head_cv_folds": self.stats_head_cv_folds,
                 "database": self.database,
             }
         )
@@ -593,7 +595,7 @@ class IQATrainingModule(L.LightningModule):
     # optimizer
     # ----------------------------------------------------------------------------------------------------------
     def _parameter_groups(self) -> list[dict[str, Any]]:
-        """backbone/dan/head x decay/no_decay groups; biases and norm parameters (ndim <= 1) get no weight decay.
+        """backbone/dan/stats_head/head x decay/no_decay groups; biases and norm parameters (ndim <= 1) get no weight decay.
 
         Learning rate: the optimizer's lr times backbone_lr_mult (backbone), dan_lr_mult (dan),
         stats_head_lr_mult (stats_head) or 1 (head).
