@@ -37,8 +37,6 @@ from mfe_iqa.models.outputs import MFENetOutput
 log = logging.getLogger("mfe_iqa.systems.iqa")
 
 STATS_HEAD_INITS = ("zero", "ridge", "auto")
-# the groups a network's parameter_groups() may name; each trains at the optimizer's lr times its multiplier
-PARAMETER_GROUPS = ("backbone", "dan", "stats_head", "head")
 
 CKPT_META_KEY = "mfe_iqa"
 NET_PREFIX = "net."
@@ -600,13 +598,20 @@ class IQATrainingModule(L.LightningModule):
         Learning rate: the optimizer's lr times backbone_lr_mult (backbone), dan_lr_mult (dan),
         stats_head_lr_mult (stats_head) or 1 (head).
         """
+        # the groups a network's parameter_groups() may name, each with its lr multiplier
+        lr_mults = {
+            "backbone": self.backbone_lr_mult,
+            "dan": self.dan_lr_mult,
+            "stats_head": self.stats_head_lr_mult,
+            "head": 1.0,
+        }
         trainable = [p for p in self.net.parameters() if p.requires_grad]
         if hasattr(self.net, "parameter_groups"):
             named = {str(k): list(v) for k, v in self.net.parameter_groups().items()}
-            unknown = sorted(set(named) - set(PARAMETER_GROUPS))
+            unknown = sorted(set(named) - set(lr_mults))
             if unknown:
                 raise ValueError(
-                    f"net.parameter_groups() returned unknown groups {unknown}; use {', '.join(PARAMETER_GROUPS)}"
+                    f"net.parameter_groups() returned unknown groups {unknown}; use {', '.join(lr_mults)}"
                 )
         else:
             named = {"head": trainable}
@@ -628,11 +633,7 @@ class IQATrainingModule(L.LightningModule):
         groups: list[dict[str, Any]] = []
         for group, params in named.items():
             params = [p for p in params if p.requires_grad]
-            mult = {
-                "backbone": self.backbone_lr_mult,
-                "dan": self.dan_lr_mult,
-                "stats_head": self.stats_head_lr_mult,
-            }.get(group, 1.0)
+            mult = lr_mults[group]
             decay = [p for p in params if p.ndim > 1]
             no_decay = [p for p in params if p.ndim <= 1]
             if decay:
