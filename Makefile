@@ -25,7 +25,7 @@ train: $(STAMP) ## The main job on the embedded demo: DAN pre-training, multi-ta
 	$(VENV)/bin/mfe-iqa-train experiment=demo
 
 test: $(STAMP) ## Run the test suite (CPU, tiny configs)
-	$(PY) -m pytest -q -p no:cacheprovider -n $(or $(TEST_WORKERS),auto) --dist loadfile tests
+	$(PY) -m pytest -q -p no:cacheprovider -n $(or $(TEST_WORKERS),2) --dist loadfile tests
 
 bench-livec: $(STAMP) ## plain vs no_hfen vs no_dan vs full MFENet-tiny on the LIVE Challenge sample, one table (BUDGET_MIN=20 min of fit per model, SPLIT=0, OVERRIDES='...' for every run)
 	$(PY) -m mfe_iqa.cli.livec_table --budget-min $(or $(BUDGET_MIN),20) --split-index $(or $(SPLIT),0) $(if $(OVERRIDES),-- $(OVERRIDES))
