@@ -228,8 +228,10 @@ def _vm_hwm_mb() -> float:
 def peak_rss_mb(fn: Callable[[], object]) -> float | None:
     """Peak resident set size (MiB) of this process while ``fn`` runs; None where Linux's counters are absent.
 
-    The high-water mark is reset before the call (``echo 5 > /proc/self/clear_refs``), so sequential
-    measurements in one process are independent; DataLoader worker processes are not included.
+    The high-water mark is reset before the call (``echo 5 > /proc/self/clear_refs``), so an earlier
+    measurement's peak does not carry over; but memory the allocator freed and still holds resident serves
+    later allocations without raising the mark, so a measurement after a larger one can read low (the tests
+    touch fresh pages for that reason). DataLoader worker processes are not included.
     """
     try:
         with open("/proc/self/clear_refs", "w") as fh:
