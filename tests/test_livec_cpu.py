@@ -144,6 +144,9 @@ def test_fast_dev_run_on_the_sample_pretrains_on_training_images_only(tmp_path):
     log_text = proc.stdout + proc.stderr
     assert f"head set to the ridge fit on {len(parts['train'])} training images" in log_text
     assert "chosen by val" in log_text
+    # the whole-image read-out is on for the full model, and says why it does not blend a one-batch test
+    assert "Read-out skipped: the test scored" in log_text
+    assert "readout" not in metrics.get("extra", {})
 
 
 def _write_split_csv(path, counts):
@@ -171,7 +174,7 @@ def test_livec_table_rows_and_markdown(tmp_path):
     plain = read_row("plain", tmp_path / "absent", 4, 60.0, 1)
     assert plain["status"].startswith("failed")
     text = format_markdown([plain, full], split_index=0, budget_min=4, overrides=[])
-    assert "| mfenet_tiny | 0.610 | 0.630 | 0.500 | 2 | 4 |" in text and "split 0" in text
+    assert "| mfenet_tiny | 0.610 | 0.630 | - | - | 0.500 | 2 | 4 |" in text and "split 0" in text
     assert "split 0 (70/10/20, by image)" in text and "tested: checkpoint selected on val SRCC" in text
     write_csv(tmp_path / "t.csv", [full], 0)
     written = _read_csv(tmp_path / "t.csv")[0]
@@ -212,7 +215,19 @@ def test_livec_table_rows_and_markdown(tmp_path):
     assert f"{nv / 'split.csv'} line 2: unknown part 'holdout'" in row["status"]
     (nv / "split.csv").unlink()
     row = read_row("plain", nv, 4, 60.0, 0)
-    assert "| plain | 0.400 | 0.450 | - | 3 | 4 |" in text
+    assert "| plain | 0.400 | 0.450 | - | - | - | 3 | 4 |" in text
+    # a full run with the whole-image read-out (extra.readout of its metrics.json): its two columns and the notes
+    payload = json.loads((run / "metrics.json").read_text())
+    payload["extra"] = {
+        "readout": {"test": {"blend": {"srcc": 0.66}, "readout": {"srcc": 0.64}, "network": {}}}
+    }
+    (run / "metrics.json").write_text(json.dumps(payload))
+    with_ro = read_row("mfenet_tiny", run, 4, 300.0, 0)
+    assert (with_ro["blend_srcc"], with_ro["readout_srcc"]) == (0.66, 0.64)
+    text = format_markdown([row, with_ro], split_index=0, budget_min=4, overrides=[])
+    assert "| mfenet_tiny | 0.610 | 0.630 | 0.660 | 0.640 | 0.500 | 2 | 4 |" in text
+    assert "full with the whole-image read-out of its DAN - plain test SRCC: +0.260" in text
+    assert "full - plain test SRCC: +0.210" in text
     # runs with different protocols in one table: both are named
     mixed = format_markdown([full, row], split_index=0, budget_min=4, overrides=[])
     assert "the runs differ" in mixed and "70/10/20" in mixed and "80/0/20" in mixed
@@ -349,6 +364,6 @@ def test_livec_table_probe_row_reads_the_full_runs_dan_split_and_data(tmp_path, 
     full_row = livec_table.read_row("mfenet_tiny", full, 20, 60.0, 1)  # (its own metrics are not needed here)
     full_row.update(test_srcc=0.5, test_plcc=0.5, status="ok")
     text = livec_table.format_markdown([full_row, row], split_index=0, budget_min=20, overrides=[])
-    assert "| probe:mfenet_tiny | 0.450 | 0.500 | 0.700 | - | - |" in text
+    assert "| probe:mfenet_tiny | 0.450 | 0.500 | - | - | 0.700 | - | - |" in text
     assert "the runs differ" not in text  # the probe row states its run's split, it is not another protocol
     assert "full - linear probe of its pre-trained DAN (probe:mfenet_tiny): +0.050" in text

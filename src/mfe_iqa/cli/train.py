@@ -199,6 +199,65 @@ def _maybe_pretrain_dan(cfg: DictConfig, datamodule) -> None:
     log.info("DAN pre-trained: %s", dan_path)
 
 
+def _readout_settings(cfg: DictConfig):
+    """The read-out's settings when ``readout.enabled`` (checked before any fit: a bad key fails at once), else
+    None. It reads the pre-trained DAN, so the model must have one and the job must test."""
+    ro = cfg.get("readout") or {}
+    if not ro.get("enabled"):
+        return None
+    from mfe_iqa.readout import ReadoutSettings
+
+    settings = ReadoutSettings.from_config(OmegaConf.to_container(ro, resolve=True))
+    if not cfg.get("test"):
+        log.info("readout.enabled but test=false: no test predictions to blend, the read-out is skipped")
+        return None
+    if not OmegaConf.select(cfg, "model.use_dan", default=False) or not OmegaConf.select(
+        cfg, "model.dan.pretrained_ckpt"
+    ):
+        raise ConfigError(
+            "readout.enabled=true reads the whole images through the pre-trained DAN: the model needs one "
+            "(model.use_dan=true and model.dan.pretrained_ckpt=<dan.pt>, or pretrain_dan.enabled=true); "
+            "set readout.enabled=false for a model without it"
+        )
+    return settings
+
+
+def _run_readout(cfg: DictConfig, datamodule, system, name: str, settings) -> dict[str, Any] | None:
+    """The whole-image read-out of the pre-trained DAN on the job's split, blended with its test predictions
+    (``mfe_iqa.readout``); None (logged) when the test did not score every test image (a fast dev run)."""
+    from hydra.utils import instantiate
+
+    from mfe_iqa.inference.scoring import resolve_device
+    from mfe_iqa.readout import run_readout
+
+    rows = system.test_predictions.get(name)
+    if rows is None or len(rows["index"]) != len(datamodule.test_items):
+        log.info(
+            "Read-out skipped: the test scored %d of %d test images (a fast dev run scores one batch)",
+            0 if rows is None else len(rows["index"]), len(datamodule.test_items),
+        )  # fmt: skip
+        return None
+    out = Path(cfg.paths.output_dir)
+    dcfg = OmegaConf.merge(
+        cfg.data,
+        settings.data,
+        {"split": {"file": str(out / "split.csv")}, "output_dir": None},
+    )
+    readout_dm = instantiate(dcfg)
+    readout_dm.setup("fit")
+    job_items = {p: getattr(datamodule, f"{p}_items") for p in ("train", "val", "test")}
+    return run_readout(
+        str(cfg.model.dan.pretrained_ckpt),
+        readout_dm,
+        job_items,
+        rows,
+        settings,
+        out / "readout",
+        seed=int(cfg.seed),
+        device=str(resolve_device("auto")),
+    )
+
+
 def _test_loaders(cfg: DictConfig, datamodule) -> tuple[list, list[str]]:
     """The own test split first, then every cross-dataset set in full."""
     from hydra.utils import instantiate
@@ -289,6 +348,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     _maybe_pretrain_dan(cfg, datamodule)
+    readout = _readout_settings(cfg)
     if _is_rank_zero():  # DDP: the other ranks re-run this script; one copy of each file
         save_resolved_config(cfg, out)
 
@@ -351,6 +411,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             test_rows[name] = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
         if trainer.is_global_zero:
             print_metrics_table(f"Test results ({cfg.experiment_name})", test_rows)
+    readout_summary = None
+    if readout is not None and cfg.get("test") and trainer.is_global_zero:
+        readout_summary = _run_readout(cfg, datamodule, system, names[0], readout)
+        if readout_summary is not None:
+            shown = {
+                f"{names[0]}: {k}": v
+                for k, v in readout_summary["test"].items()
+                if k in ("network", "readout", "blend")
+            }
+            print_metrics_table(
+                f"Test with the whole-image read-out of the pre-trained DAN (blend weight {readout.weight:g})",
+                shown,
+            )
+            # beside the network's test/<name>/* in every logger (W&B dashboards, the CSV log)
+            logged = {
+                f"test/{names[0]}/{part}/{k}": float(v)
+                for part in ("readout", "blend")
+                for k, v in readout_summary["test"][part].items()
+            }
+            for lg in loggers:
+                lg.log_metrics(logged, step=trainer.global_step)
+                lg.save()
 
     if not trainer.is_global_zero:
         return metrics
@@ -362,6 +444,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         experiment=str(cfg.experiment_name),
         metrics=metrics,
         test=test_rows,
+        extra={"readout": readout_summary} if readout_summary is not None else None,
     )
     return metrics
 

@@ -1,0 +1,240 @@
+"""Whole-image read-out of the pre-trained DAN, blended with the fitted network's test predictions.
+
+The IQA fit sees crops of downsized images (e.g. 128-px crops of a 160-px short side on LIVE Challenge: a CPU
+budget). A downsizing removes first what authentic distortions are made of (sensor noise, mild blur, JPEG
+blocks), and a crop sees a fraction of the photograph. The read-out sees the whole photograph at its own
+resolution: the pooled stage statistics (``mfe_iqa.probe.pooled_features``) of the frozen pre-trained DAN at
+full and half scale, a ridge regressor fitted on the training images' MOS, alpha chosen on val (grouped CV on
+train without val): the linear probe of ``mfe-iqa-probe``, run inside the training job on the job's own split.
+The final score is ``(1 - weight) * network + weight * read-out`` on the normalized MOS scale, both being
+regressions of the same normalized MOS (no test statistic enters the blend).
+
+No test image takes part in fitting or choosing anything; the DAN is the file the job pre-trained on its
+training split (``model.dan.pretrained_ckpt``). Written under ``<run>/readout/``: ``predictions_test.csv``
+(path, mos, network, readout, blend per test image), ``alpha_curve.csv`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mfe_iqa.errors import UserError
+
+log = logging.getLogger("mfe_iqa.readout")
+
+# the data keys a read-out may change (the image sizes it reads and how it views them); the database, its root
+# and the split are the job's own
+READOUT_DATA_KEYS = ("short_side", "cache_dir", "test_mode", "crop_size", "test_crops")
+
+
+class ReadoutError(UserError, ValueError):
+    """A read-out that cannot run as configured; the message names the key and says what to do."""
+
+
+@dataclass
+class ReadoutSettings:
+    weight: float = 0.5
+    scales: Sequence[float] = (1.0, 0.5)
+    stages: Sequence[int] | None = None
+    pooling: Sequence[str] = ("mean", "std")
+    alphas: Sequence[float] | None = None
+    cv_folds: int = 5
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> ReadoutSettings:
+        from mfe_iqa.probe import POOLINGS
+
+        weight = float(cfg.get("weight", 0.5))
+        if not 0.0 <= weight <= 1.0:
+            raise ReadoutError(
+                f"readout.weight must be in [0, 1] (0: the network alone, 1: the read-out alone), got {weight}"
+            )
+        scales = [float(s) for s in cfg.get("scales") or (1.0, 0.5)]
+        if any(not s > 0 for s in scales):
+            raise ReadoutError(f"readout.scales must be positive numbers (e.g. [1.0, 0.5]), got {scales}")
+        pooling = [str(p) for p in cfg.get("pooling") or ("mean", "std")]
+        if any(p not in POOLINGS for p in pooling):
+            raise ReadoutError(f"readout.pooling must be a non-empty list of {list(POOLINGS)}, got {pooling}")
+        alphas = cfg.get("alphas")
+        if alphas is not None and (not list(alphas) or any(not float(a) > 0 for a in alphas)):
+            raise ReadoutError(
+                f"readout.alphas must be null or a list of positive numbers, got {list(alphas)}"
+            )
+        data = dict(cfg.get("data") or {})
+        unknown = sorted(set(data) - set(READOUT_DATA_KEYS))
+        if unknown:
+            raise ReadoutError(
+                f"readout.data may set {list(READOUT_DATA_KEYS)} (how the read-out views the job's images), "
+                f"got {unknown}: the database and the split are the job's own"
+            )
+        stages = cfg.get("stages")
+        return cls(
+            weight=weight,
+            scales=scales,
+            stages=None if stages is None else [int(s) for s in stages],
+            pooling=pooling,
+            alphas=None if alphas is None else [float(a) for a in alphas],
+            cv_folds=int(cfg.get("cv_folds", 5)),
+            data=data,
+        )
+
+
+def blend(network: np.ndarray, readout: np.ndarray, weight: float) -> np.ndarray:
+    """``(1 - weight) * network + weight * readout``, element-wise (normalized MOS scale)."""
+    return (1.0 - weight) * np.asarray(network, dtype=np.float64) + weight * np.asarray(
+        readout, dtype=np.float64
+    )
+
+
+def network_predictions_by_item(
+    rows: Mapping[str, np.ndarray], items: Sequence[Any], what: str
+) -> np.ndarray:
+    """The network's per-image test predictions (``IQASystem.test_predictions[name]``: index, prediction, mos) in
+    the order of ``items``; every item exactly once, its MOS the item's (else the index order is broken)."""
+    index = np.asarray(rows["index"]).astype(int)
+    if len(index) != len(items) or sorted(index.tolist()) != list(range(len(items))):
+        raise RuntimeError(
+            f"{what}: the test gave {len(index)} predictions for {len(items)} test images: the read-out blends "
+            "per image and needs every test image scored once"
+        )
+    pred = np.empty(len(items), dtype=np.float64)
+    pred[index] = np.asarray(rows["prediction"], dtype=np.float64)
+    mos = np.empty(len(items), dtype=np.float64)
+    mos[index] = np.asarray(rows["mos"], dtype=np.float64)
+    if not np.allclose(mos, [it.mos for it in items], atol=1e-5):
+        raise RuntimeError(
+            f"{what}: the MOS gathered at test time does not match the test items' (index order)"
+        )
+    return pred
+
+
+def run_readout(
+    dan_ckpt: str | Path,
+    readout_dm: Any,
+    job_items: Mapping[str, Sequence[Any]],
+    network_test: Mapping[str, np.ndarray],
+    settings: ReadoutSettings,
+    out: Path,
+    seed: int = 0,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Fit the read-out on ``readout_dm``'s training items (set up, the job's split, the read-out's views), blend
+    it with ``network_test`` (the job's test predictions) and write ``out``'s files. ``job_items``: the job's
+    own train/val/test items, which ``readout_dm``'s must repeat path for path. Returns the summary."""
+    import pandas as pd
+
+    from mfe_iqa.models.dan import DistortionAwareNetwork, load_dan_file
+    from mfe_iqa.probe import (
+        DEFAULT_ALPHAS,
+        choose_alpha,
+        extract_features,
+        fit_ridge,
+        predict_ridge,
+        score_metrics,
+    )
+
+    t0 = time.monotonic()
+    parts = {p: list(getattr(readout_dm, f"{p}_items")) for p in ("train", "val", "test")}
+    for part, items in parts.items():
+        mine = [str(it.path) for it in items]
+        theirs = [str(it.path) for it in job_items[part]]
+        if mine != theirs:
+            first = (
+                next((a for a, b in zip(mine, theirs) if a != b), None) if len(mine) == len(theirs) else None
+            )
+            raise RuntimeError(
+                f"read-out: its {part} part ({len(mine)} images) is not the job's ({len(theirs)} images)"
+                + (f", e.g. {first}" if first else "")
+                + ": the read-out must use the job's split (split.file=<run>/split.csv)"
+            )
+    if len(parts["train"]) < 2 or not parts["test"]:
+        raise ReadoutError(
+            f"read-out: {len(parts['train'])} training and {len(parts['test'])} test images; it needs at least 2 "
+            "and 1 (split.ratios)"
+        )
+    dan_ckpt = Path(dan_ckpt)
+    if not dan_ckpt.is_file():
+        raise ReadoutError(
+            f"read-out: the pre-trained DAN '{dan_ckpt}' does not exist (model.dan.pretrained_ckpt)"
+        )
+    backbone = load_dan_file(str(dan_ckpt))["backbone"]
+    dan = DistortionAwareNetwork(backbone=backbone, pretrained_ckpt=str(dan_ckpt)).to(device)
+    n_stages = len(dan.channels)
+    stages = list(range(n_stages)) if settings.stages is None else list(settings.stages)
+    if not stages or any(not -n_stages <= s < n_stages for s in stages):
+        raise ReadoutError(f"readout.stages {stages}: '{backbone}' has {n_stages} stages")
+
+    def features(items: Sequence[Any]) -> np.ndarray:
+        if not items:
+            return np.zeros((0, 0))
+        loader = readout_dm.eval_dataloader(items)
+        batches = ({k: v.to(device) if k == "image" else v for k, v in b.items()} for b in loader)
+        return extract_features(dan, batches, len(items), settings.scales, stages, settings.pooling)
+
+    x = {p: features(items) for p, items in parts.items()}
+    y = {p: np.array([it.mos for it in items], dtype=np.float64) for p, items in parts.items()}
+    alphas = list(settings.alphas or DEFAULT_ALPHAS)
+    x_val = x["val"] if len(y["val"]) else np.zeros((0, x["train"].shape[1]))
+    alpha, curve, selection, at_edge = choose_alpha(
+        x["train"], y["train"], x_val, y["val"], alphas,
+        groups=[it.content_id for it in parts["train"]], cv_folds=settings.cv_folds, seed=seed,
+    )  # fmt: skip
+    if at_edge:
+        log.warning("read-out: alpha %.3g is at the edge of the grid [%.3g, %.3g]: widen readout.alphas",
+                    alpha, min(alphas), max(alphas))  # fmt: skip
+    model = fit_ridge(x["train"], y["train"], alpha)
+    readout_test = predict_ridge(model, x["test"])
+    network = network_predictions_by_item(network_test, parts["test"], "read-out")
+    blended = blend(network, readout_test, settings.weight)
+    metrics = {
+        "network": score_metrics(network, y["test"]),
+        "readout": score_metrics(readout_test, y["test"]),
+        "blend": score_metrics(blended, y["test"]),
+    }
+    val = score_metrics(predict_ridge(model, x["val"]), y["val"]) if len(y["val"]) >= 2 else None
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(
+        {
+            "path": [it.path for it in parts["test"]],
+            "mos": y["test"],
+            "network": network,
+            "readout": readout_test,
+            "blend": blended,
+        }
+    ).to_csv(out / "predictions_test.csv", index=False)
+    pd.DataFrame(curve).to_csv(out / "alpha_curve.csv", index=False)
+    summary = {
+        "dan_ckpt": str(dan_ckpt),
+        "backbone": backbone,
+        "weight": settings.weight,
+        "scales": list(settings.scales),
+        "stages": stages,
+        "pooling": list(settings.pooling),
+        "data": dict(settings.data),
+        "test_mode": str(readout_dm.eval_transform.mode),
+        "feature_dim": int(x["train"].shape[1]),
+        "alpha": alpha,
+        "selection": selection,
+        "at_grid_edge": bool(at_edge),
+        "counts": {p: len(v) for p, v in parts.items()},
+        "val_readout": val,
+        "test": metrics,
+        "seconds": round(time.monotonic() - t0, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info(
+        "Read-out (%s at %s, whole images, scales %s): alpha %.3g by %s; test SRCC network %.3f, read-out %.3f, "
+        "blend (weight %.2f) %.3f; %.1f s -> %s",
+        backbone, dan_ckpt, list(settings.scales), alpha, selection, metrics["network"]["srcc"],
+        metrics["readout"]["srcc"], settings.weight, metrics["blend"]["srcc"], summary["seconds"], out,
+    )  # fmt: skip
+    return summary
