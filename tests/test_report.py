@@ -116,3 +116,29 @@ def test_bad_files_are_skipped_and_no_files_is_an_error(tmp_path, trees):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main([str(empty), "--out", str(tmp_path / "r")]) == 2
+
+
+def test_runs_with_the_readout_add_the_blend_and_the_readout_as_models(tmp_path):
+    # three splits of a livec run whose metrics.json carries extra.readout (mfe_iqa.readout's summary)
+    net, blend, alone = [0.30, 0.50, 0.40], [0.45, 0.60, 0.50], [0.50, 0.55, 0.35]
+    for split in range(3):
+        write_run_metrics(
+            tmp_path / "multirun" / str(split),
+            train_db="livec",
+            split_index=split,
+            model="mfenet_tiny",
+            experiment="livec_cpu",
+            test={"livec": _metrics(net[split])},
+            extra={"readout": {"test": {"network": _metrics(net[split]), "blend": _metrics(blend[split]),
+                                        "readout": _metrics(alone[split])}}},
+        )  # fmt: skip
+    out = tmp_path / "report"
+    assert main([str(tmp_path / "multirun"), "--out", str(out)]) == 0
+    summary = pd.read_csv(out / "summary.csv").set_index("model")
+    assert sorted(summary.index) == ["mfenet_tiny", "mfenet_tiny+readout", "mfenet_tiny:readout"]
+    assert (summary["test_db"] == "livec").all() and (summary["n"] == 3).all()
+    assert summary.loc["mfenet_tiny", "srcc_median"] == pytest.approx(0.40)
+    assert summary.loc["mfenet_tiny+readout", "srcc_median"] == pytest.approx(0.50)
+    assert summary.loc["mfenet_tiny+readout", "srcc_mean"] == pytest.approx((0.45 + 0.60 + 0.50) / 3)
+    assert summary.loc["mfenet_tiny:readout", "srcc_median"] == pytest.approx(0.50)
+    assert summary.loc["mfenet_tiny:readout", "rmse_median"] == pytest.approx(0.50)

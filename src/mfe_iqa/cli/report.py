@@ -4,7 +4,9 @@ Every training (or eval) run writes ``<run dir>/metrics.json`` (``mfe_iqa.metric
 command finds them under the given directories and aggregates, per (experiment, model, train database, test
 database), over the splits: median, mean and standard deviation (population, ddof=0) of SRCC, PLCC (raw and
 after the logistic fit), KRCC and RMSE, with the number of splits n. It also builds the cross-dataset matrix
-(train databases as rows, test databases as columns, median SRCC by default).
+(train databases as rows, test databases as columns, median SRCC by default). A run with the whole-image read-out
+of its DAN (``extra.readout``) adds two models on its own test split: ``<model>+readout`` (the blend) and
+``<model>:readout`` (the read-out alone).
 
 Outputs in ``--out``: ``summary.csv`` (one row per group), ``runs.csv`` (every run x test database),
 ``report.md`` (Markdown tables), ``cross_dataset_<metric>[_<group>].csv`` and ``.png`` (heatmap).
@@ -73,6 +75,15 @@ def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
             records.append(
                 {**base, "test_db": test_db, **{m: metrics.get(m, np.nan) for m in REPORT_METRICS}}
             )
+        # a run with the whole-image read-out of its DAN (mfe_iqa.readout): its blend and the read-out alone on
+        # the own test split, as two more models of the same experiment ("<model>+readout", "<model>:readout")
+        readout = ((run.get("extra") or {}).get("readout") or {}).get("test") or {}
+        for part, suffix in (("blend", "+readout"), ("readout", ":readout")):
+            if readout.get(part):
+                records.append(
+                    {**base, "model": f"{base['model']}{suffix}", "test_db": run["train_db"],
+                     **{m: readout[part].get(m, np.nan) for m in REPORT_METRICS}}
+                )  # fmt: skip
     if skipped:
         log.warning(
             "skipped %d file(s) that are not run metrics files:\n  %s", len(skipped), "\n  ".join(skipped)
