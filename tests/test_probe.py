@@ -24,7 +24,7 @@ from mfe_iqa.probe import (
     predict_ridge,
     probe_split,
 )
-from train_run_helpers import DEMO, shared_tiny_demo
+from train_run_helpers import demo_data_overrides, shared_tiny_demo
 
 
 def _ridge_by_augmented_lstsq(x, y, alpha):
@@ -145,13 +145,7 @@ def demo_root(tmp_path_factory):
 
 def _demo_overrides(demo_root):
     return [
-        "data=demo",
-        f"data.root={demo_root}",
-        f"data.num_refs={DEMO['num_refs']}",
-        f"data.demo_short_side={DEMO['short_side']}",
-        "data.dist_types=[" + ",".join(DEMO["dist_types"]) + "]",
-        "data.levels=[" + ",".join(str(x) for x in DEMO["levels"]) + "]",
-        f"data.num_dist_types={len(DEMO['dist_types'])}",
+        *demo_data_overrides(demo_root),
         "split.ratios=[0.5,0.25,0.25]",
         "alphas=[0.1,10,1000]",
         "device=cpu",

@@ -13,7 +13,7 @@ from scipy.stats import pearsonr, spearmanr
 from mfe_iqa.cli.common import ConfigError
 from mfe_iqa.data.items import IQAItem
 from mfe_iqa.readout import ReadoutError, ReadoutSettings, blend, network_predictions_by_item
-from train_run_helpers import DEMO, read_metrics, run_train, shared_tiny_demo, tiny_overrides
+from train_run_helpers import demo_data_overrides, read_metrics, run_train, shared_tiny_demo, tiny_overrides
 
 
 @pytest.fixture
@@ -140,13 +140,7 @@ def test_training_run_blends_the_probe_of_its_dan_with_its_test_predictions(demo
     pcfg = compose_config(
         "probe",
         [
-            "data=demo",
-            f"data.root={demo_root}",
-            f"data.num_refs={DEMO['num_refs']}",
-            f"data.demo_short_side={DEMO['short_side']}",
-            "data.dist_types=[" + ",".join(DEMO["dist_types"]) + "]",
-            "data.levels=[" + ",".join(str(x) for x in DEMO["levels"]) + "]",
-            f"data.num_dist_types={len(DEMO['dist_types'])}",
+            *demo_data_overrides(demo_root),
             "data.limit_items=33",
             f"split.file={run / 'split.csv'}",
             f"dan_ckpt={dan}",

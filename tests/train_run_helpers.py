@@ -28,6 +28,19 @@ def shared_tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _DEMO_ROOT[0]
 
 
+def demo_data_overrides(demo_root: Path) -> list[str]:
+    """`data=demo` as ``DEMO`` generates it, for a config composed without the train preset (e.g. `probe`)."""
+    return [
+        "data=demo",
+        f"data.root={demo_root}",
+        f"data.num_refs={DEMO['num_refs']}",
+        f"data.demo_short_side={DEMO['short_side']}",
+        "data.dist_types=[" + ",".join(DEMO["dist_types"]) + "]",
+        "data.levels=[" + ",".join(str(x) for x in DEMO["levels"]) + "]",
+        f"data.num_dist_types={len(DEMO['dist_types'])}",
+    ]
+
+
 def tiny_overrides(demo_root: Path, run_dir: Path) -> list[str]:
     """32-px crops, 2 test crops, a global batch of 4, no DAN: about a second per epoch on one CPU thread."""
     return [

@@ -133,14 +133,7 @@ def run_readout(
     import pandas as pd
 
     from mfe_iqa.models.dan import DistortionAwareNetwork, load_dan_file
-    from mfe_iqa.probe import (
-        DEFAULT_ALPHAS,
-        choose_alpha,
-        extract_features,
-        fit_ridge,
-        predict_ridge,
-        score_metrics,
-    )
+    from mfe_iqa.probe import DEFAULT_ALPHAS, extract_features, probe_split, score_metrics
 
     t0 = time.monotonic()
     parts = {p: list(getattr(readout_dm, f"{p}_items")) for p in ("train", "val", "test")}
@@ -173,45 +166,37 @@ def run_readout(
     if not stages or any(not -n_stages <= s < n_stages for s in stages):
         raise ReadoutError(f"readout.stages {stages}: '{backbone}' has {n_stages} stages")
 
-    def features(items: Sequence[Any]) -> np.ndarray:
-        if not items:
-            return np.zeros((0, 0))
-        loader = readout_dm.eval_dataloader(items)
-        batches = ({k: v.to(device) if k == "image" else v for k, v in b.items()} for b in loader)
-        return extract_features(dan, batches, len(items), settings.scales, stages, settings.pooling)
-
-    x = {p: features(items) for p, items in parts.items()}
-    y = {p: np.array([it.mos for it in items], dtype=np.float64) for p, items in parts.items()}
+    # one pass over every image of the split; the ridge, its alpha and the metrics are mfe-iqa-probe's
+    items = [*parts["train"], *parts["val"], *parts["test"]]
+    loader = readout_dm.eval_dataloader(items)
+    batches = ({k: v.to(device) if k == "image" else v for k, v in b.items()} for b in loader)
+    x = extract_features(dan, batches, len(items), settings.scales, stages, settings.pooling)
+    n_tr, n_va = len(parts["train"]), len(parts["val"])
+    rows = {"train": range(n_tr), "val": range(n_tr, n_tr + n_va), "test": range(n_tr + n_va, len(items))}
     alphas = list(settings.alphas or DEFAULT_ALPHAS)
-    x_val = x["val"] if len(y["val"]) else np.zeros((0, x["train"].shape[1]))
-    alpha, curve, selection, at_edge = choose_alpha(
-        x["train"], y["train"], x_val, y["val"], alphas,
-        groups=[it.content_id for it in parts["train"]], cv_folds=settings.cv_folds, seed=seed,
-    )  # fmt: skip
-    if at_edge:
+    result = probe_split(x, items, rows, alphas, settings.cv_folds, seed)
+    if result.at_grid_edge:
         log.warning("read-out: alpha %.3g is at the edge of the grid [%.3g, %.3g]: widen readout.alphas",
-                    alpha, min(alphas), max(alphas))  # fmt: skip
-    model = fit_ridge(x["train"], y["train"], alpha)
-    readout_test = predict_ridge(model, x["test"])
+                    result.alpha, min(alphas), max(alphas))  # fmt: skip
+    readout_test = result.test_pred
     network = network_predictions_by_item(network_test, parts["test"], "read-out")
     blended = blend(network, readout_test, settings.weight)
     metrics = {
-        "network": score_metrics(network, y["test"]),
-        "readout": score_metrics(readout_test, y["test"]),
-        "blend": score_metrics(blended, y["test"]),
+        "network": score_metrics(network, result.test_mos),
+        "readout": result.test,
+        "blend": score_metrics(blended, result.test_mos),
     }
-    val = score_metrics(predict_ridge(model, x["val"]), y["val"]) if len(y["val"]) >= 2 else None
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(
         {
             "path": [it.path for it in parts["test"]],
-            "mos": y["test"],
+            "mos": result.test_mos,
             "network": network,
             "readout": readout_test,
             "blend": blended,
         }
     ).to_csv(out / "predictions_test.csv", index=False)
-    pd.DataFrame(curve).to_csv(out / "alpha_curve.csv", index=False)
+    pd.DataFrame(result.alpha_curve).to_csv(out / "alpha_curve.csv", index=False)
     summary = {
         "dan_ckpt": str(dan_ckpt),
         "backbone": backbone,
@@ -221,12 +206,12 @@ def run_readout(
         "pooling": list(settings.pooling),
         "data": dict(settings.data),
         "test_mode": str(readout_dm.eval_transform.mode),
-        "feature_dim": int(x["train"].shape[1]),
-        "alpha": alpha,
-        "selection": selection,
-        "at_grid_edge": bool(at_edge),
+        "feature_dim": int(x.shape[1]),
+        "alpha": result.alpha,
+        "selection": result.selection,
+        "at_grid_edge": bool(result.at_grid_edge),
         "counts": {p: len(v) for p, v in parts.items()},
-        "val_readout": val,
+        "val_readout": result.val,
         "test": metrics,
         "seconds": round(time.monotonic() - t0, 1),
     }
@@ -234,7 +219,7 @@ def run_readout(
     log.info(
         "Read-out (%s at %s, whole images, scales %s): alpha %.3g by %s; test SRCC network %.3f, read-out %.3f, "
         "blend (weight %.2f) %.3f; %.1f s -> %s",
-        backbone, dan_ckpt, list(settings.scales), alpha, selection, metrics["network"]["srcc"],
+        backbone, dan_ckpt, list(settings.scales), result.alpha, result.selection, metrics["network"]["srcc"],
         metrics["readout"]["srcc"], settings.weight, metrics["blend"]["srcc"], summary["seconds"], out,
     )  # fmt: skip
     return summary
