@@ -132,8 +132,6 @@ def read_row(model: str, run_dir: Path, budget_min: int, wall_s: float, returnco
     row.update(
         blend_srcc=(readout.get("blend") or {}).get("srcc"),
         readout_srcc=(readout.get("readout") or {}).get("srcc"),
-    )
-    row.update(
         test_srcc=own.get("srcc"),
         test_plcc=own.get("plcc"),
         # a fit's best validation; a probe has one val score (the chosen alpha's)

@@ -412,14 +412,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if trainer.is_global_zero:
             print_metrics_table(f"Test results ({cfg.experiment_name})", test_rows)
     readout_summary = None
-    if readout is not None and cfg.get("test") and trainer.is_global_zero:
+    if readout is not None and trainer.is_global_zero:  # a read-out implies a test (_readout_settings)
         readout_summary = _run_readout(cfg, datamodule, system, names[0], readout)
         if readout_summary is not None:
-            shown = {
-                f"{names[0]}: {k}": v
-                for k, v in readout_summary["test"].items()
-                if k in ("network", "readout", "blend")
-            }
+            shown = {f"{names[0]}: {k}": v for k, v in readout_summary["test"].items()}
             print_metrics_table(
                 f"Test with the whole-image read-out of the pre-trained DAN (blend weight {readout.weight:g})",
                 shown,
