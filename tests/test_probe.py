@@ -341,3 +341,17 @@ def test_ridge_head_init_by_cv_ignores_val_for_the_choice_and_reports_it():
     assert result.val_srcc == pytest.approx(truth, abs=1e-6) and result.counts == {"train": 30, "val": 12}
     with pytest.raises(ProbeError, match=r"alpha selection must be one of \('val', 'cv'\), got 'test'"):
         init_stats_head_ridge(head, dan, tr_batches, tr_items, selection="test")
+
+
+def test_the_log_transform_by_hand_and_its_errors():
+    from mfe_iqa.probe import transform_features
+
+    x = np.array([[0.0, 1.0], [0.5, 2.0]])
+    np.testing.assert_allclose(transform_features(x, "log", 0.01), np.log(x + 0.01))
+    np.testing.assert_array_equal(transform_features(x, "none"), x)
+    with pytest.raises(ProbeError, match=r"row 1, column 0 is -0.5 \(1 such values\)"):
+        transform_features(np.array([[0.0, 1.0], [-0.5, 2.0]]), "log", 0.01)
+    with pytest.raises(ProbeError, match="one of"):
+        transform_features(x, "exp")
+    with pytest.raises(ProbeError, match="eps must be > 0"):
+        transform_features(x, "log", 0.0)

@@ -1,6 +1,8 @@
 """The whole-image read-out of the pre-trained DAN (`mfe_iqa.readout`, `readout.*` in `mfe-iqa-train`): the blend
-by hand, the network's predictions put in item order, settings checked before any fit, and a training run whose
-read-out equals `mfe-iqa-probe` on the same DAN, split and views, blended as the formula says."""
+by hand, the network's predictions put in item order, settings checked before any fit, a training run whose
+read-out equals `mfe-iqa-probe` on the same DAN, split, views and feature transform, blended as the formula says,
+and its `readout.pt` scoring new images through `load_model`, `mfe-iqa-predict` and `mfe-iqa-eval` exactly as the
+run's blend scored its test images."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from mfe_iqa.cli.common import ConfigError
 from mfe_iqa.data.items import IQAItem
-from mfe_iqa.readout import ReadoutError, ReadoutSettings, blend, network_predictions_by_item
+from mfe_iqa.readout import ReadoutError, ReadoutModel, ReadoutSettings, blend, network_predictions_by_item
 from train_run_helpers import demo_data_overrides, read_metrics, run_train, shared_tiny_demo, tiny_overrides
 
 
@@ -51,6 +53,8 @@ def test_network_predictions_come_back_in_item_order_and_every_item_once():
         ({"scales": [1.0, 0.0]}, "readout.scales"),
         ({"pooling": ["max"]}, "readout.pooling"),
         ({"alphas": [1.0, -1.0]}, "readout.alphas"),
+        ({"transform": "exp"}, "readout.transform"),
+        ({"log_eps": 0.0}, "readout.log_eps"),
         ({"data": {"root": "/elsewhere"}}, r"readout.data may set .*got \['root'\]"),
     ],
 )
@@ -83,15 +87,16 @@ def test_a_model_without_a_pretrained_dan_is_refused_before_the_fit(demo_root, t
     assert _readout_settings(cfg) is None  # nothing to blend without a test
 
 
-def test_training_run_blends_the_probe_of_its_dan_with_its_test_predictions(demo_root, tmp_path):
-    from hydra.core.global_hydra import GlobalHydra
+ALPHAS = "[0.1,10,1000]"
 
-    from conftest import compose_config
-    from mfe_iqa.cli.probe import probe
 
+@pytest.fixture(scope="module")
+def readout_run(tmp_path_factory):
+    """A one-epoch demo run with a (random, saved) DAN and its read-out (weight 0.25, log features)."""
+    demo_root = shared_tiny_demo(tmp_path_factory)
+    tmp_path = tmp_path_factory.mktemp("readout_run")
     dan = _dan_file(tmp_path)
     run = tmp_path / "run"
-    alphas = "[0.1,10,1000]"
     args = [
         *tiny_overrides(demo_root, run),
         "model.use_dan=true",
@@ -100,11 +105,21 @@ def test_training_run_blends_the_probe_of_its_dan_with_its_test_predictions(demo
         "logger=csv_only",
         "readout.enabled=true",
         "readout.weight=0.25",
-        f"readout.alphas={alphas}",
+        "readout.transform=log",
+        f"readout.alphas={ALPHAS}",
     ]
     proc = run_train(args, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return demo_root, run, dan
 
+
+def test_training_run_blends_the_probe_of_its_dan_with_its_test_predictions(readout_run, tmp_path):
+    from hydra.core.global_hydra import GlobalHydra
+
+    from conftest import compose_config
+    from mfe_iqa.cli.probe import probe
+
+    demo_root, run, dan = readout_run
     table = pd.read_csv(run / "readout" / "predictions_test.csv")
     split = pd.read_csv(run / "split.csv")
     # every test image of the job's own split, once, and nothing else
@@ -124,6 +139,7 @@ def test_training_run_blends_the_probe_of_its_dan_with_its_test_predictions(demo
         spearmanr(table["readout"], table["mos"])[0], abs=1e-6
     )
     assert ro["weight"] == 0.25 and ro["counts"]["test"] == len(table) and ro["selection"] == "val"
+    assert ro["transform"] == "log" and ro["log_eps"] == 0.01
     # the loggers got the read-out's and the blend's test metrics beside the network's
     logged = pd.read_csv(run / "csv" / "metrics.csv")
     assert logged["test/demo/blend/srcc"].dropna().iloc[-1] == pytest.approx(
@@ -135,23 +151,121 @@ def test_training_run_blends_the_probe_of_its_dan_with_its_test_predictions(demo
     # resnet10t: (64 + 128 + 256 + 512) channels, mean and std, full and half scale
     assert ro["feature_dim"] == (64 + 128 + 256 + 512) * 2 * 2
 
-    # the read-out is mfe-iqa-probe of the same DAN on the job's split with the same views and alphas
-    GlobalHydra.instance().clear()
-    pcfg = compose_config(
-        "probe",
+    # the read-out is mfe-iqa-probe (transform=log) of the same DAN on the job's split with the same views and
+    # alphas; the probe without the transform predicts otherwise
+    predictions = {}
+    for transform in ("log", "none"):
+        GlobalHydra.instance().clear()
+        pcfg = compose_config(
+            "probe",
+            [
+                *demo_data_overrides(demo_root),
+                "data.limit_items=33",
+                f"split.file={run / 'split.csv'}",
+                f"dan_ckpt={dan}",
+                f"alphas={ALPHAS}",
+                f"transform={transform}",
+                "device=cpu",
+            ],
+            tmp_path / transform,
+        )
+        summary = probe(pcfg)
+        probed = pd.read_csv(tmp_path / transform / "predictions_test.csv").set_index("path")
+        predictions[transform] = probed.loc[table["path"], "prediction"].to_numpy()
+        assert summary["transform"] == transform
+    assert summary["splits"][0]["alpha"] is not None
+    np.testing.assert_allclose(predictions["log"], table["readout"], atol=1e-9)
+    assert np.abs(predictions["none"] - table["readout"]).max() > 1e-4
+
+
+def _best_checkpoint(run):
+    ckpts = [p for p in (run / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
+    assert len(ckpts) == 1, ckpts  # one epoch: the one selected checkpoint the test scored
+    return ckpts[0]
+
+
+def test_the_saved_readout_scores_new_images_as_the_run_did(readout_run, tmp_path, monkeypatch):
+    """readout.pt alone reproduces the read-out column; load_model(..., readout=) and mfe-iqa-predict reproduce
+    the blend (the network with the run's test views: 2 crops of 32 px, crop seed 0)."""
+    from mfe_iqa.cli.predict import main as predict_main
+    from mfe_iqa.inference.api import load_model
+    from test_predict import run_console_main
+
+    _, run, _ = readout_run
+    table = pd.read_csv(run / "readout" / "predictions_test.csv")
+    paths = table["path"].tolist()
+    model_file = run / "readout" / "readout.pt"
+    assert read_metrics(run)["extra"]["readout"]["model_file"] == str(model_file)
+
+    readout = ReadoutModel.load(model_file)
+    assert readout.weight == 0.25 and readout.transform == "log"
+    assert readout.views.mode == "full" and readout.views.short_side is None  # whole images, own resolution
+    np.testing.assert_allclose(readout.score_files(paths), table["readout"], atol=1e-6)
+
+    views = dict(mode="crops", crops=2, crop_size=32, crop_seed=0, device="cpu")
+    model = load_model(_best_checkpoint(run), readout=model_file, **views)
+    scores, errors = model.score_files(paths)
+    assert not errors
+    np.testing.assert_allclose(scores, table["blend"], atol=1e-5)
+    # another blend weight: 0 is the network alone, 1 the read-out alone, also for in-memory uint8 images (whole,
+    # at their own size: no crop positions keyed by a file name)
+    alone = load_model(_best_checkpoint(run), readout=model_file, readout_weight=0.0, **views)
+    np.testing.assert_allclose(alone.score_files(paths)[0], table["network"], atol=1e-5)
+    from mfe_iqa.data.images import load_rgb
+
+    only = load_model(_best_checkpoint(run), readout=model_file, readout_weight=1.0, **views)
+    np.testing.assert_allclose(only.score([load_rgb(p) for p in paths[:3]]), table["readout"][:3], atol=1e-6)
+
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(paths) + "\n")
+    out = tmp_path / "pred.csv"
+    argv = [
+        f"ckpt_path={_best_checkpoint(run)}", f"input={listing}", f"output={out}", f"readout={model_file}",
+        "mode=crops", "crops=2", "crop_size=32", "device=cpu", "num_workers=0", "progress=false",
+        f"hydra.run.dir={tmp_path / 'predict'}",
+    ]  # fmt: skip
+    assert run_console_main(predict_main, argv, monkeypatch) == 0
+    got = pd.read_csv(out)
+    assert list(got.columns) == ["path", "score", "score_mos", "status", "error", "network", "readout"]
+    assert (got["status"] == "ok").all() and got["path"].tolist() == paths
+    np.testing.assert_allclose(got["readout"], table["readout"], atol=2e-6)
+    np.testing.assert_allclose(got["network"], table["network"], atol=2e-5)
+    np.testing.assert_allclose(got["score"], table["blend"], atol=2e-5)
+
+
+def test_eval_blends_the_readout_on_the_runs_test_split(readout_run, tmp_path, compose_cfg):
+    from mfe_iqa.cli.eval import evaluate
+
+    demo_root, run, _ = readout_run
+    table = pd.read_csv(run / "readout" / "predictions_test.csv").set_index("path")
+    cfg = compose_cfg(
+        "eval",
         [
             *demo_data_overrides(demo_root),
             "data.limit_items=33",
+            "data.crop_size=32",
+            "data.test_crops=2",
+            "data.eval_batch_size=4",
             f"split.file={run / 'split.csv'}",
-            f"dan_ckpt={dan}",
-            f"alphas={alphas}",
-            "device=cpu",
+            "eval_split=test",
+            f"ckpt_path={_best_checkpoint(run)}",
+            f"readout={run / 'readout' / 'readout.pt'}",
+            "trainer.accelerator=cpu",
         ],
-        tmp_path / "probe",
     )
-    summary = probe(pcfg)
-    probed = pd.read_csv(tmp_path / "probe" / "predictions_test.csv").set_index("path")
-    assert summary["splits"][0]["alpha"] == ro["alpha"]
-    np.testing.assert_allclose(
-        probed.loc[table["path"], "prediction"].to_numpy(), table["readout"], atol=1e-9
-    )
+    results = evaluate(cfg)
+    got = pd.read_csv(tmp_path / "run" / "predictions_demo.csv").set_index("path").loc[table.index]
+    np.testing.assert_allclose(got["prediction"], table["blend"], atol=1e-5)
+    np.testing.assert_allclose(got["readout"], table["readout"], atol=1e-6)
+    assert results["demo"]["srcc"] == pytest.approx(spearmanr(table["blend"], table["mos"])[0], abs=1e-6)
+    parts = read_metrics(tmp_path / "run")["extra"]["readout_parts"]["demo"]
+    assert parts["network"]["srcc"] == pytest.approx(spearmanr(table["network"], table["mos"])[0], abs=1e-5)
+    assert parts["readout"]["srcc"] == pytest.approx(spearmanr(table["readout"], table["mos"])[0], abs=1e-6)
+
+
+def test_a_foreign_file_is_not_a_readout(tmp_path):
+    with pytest.raises(ReadoutError, match="does not exist"):
+        ReadoutModel.load(tmp_path / "missing.pt")
+    torch.save({"format": "something else"}, tmp_path / "x.pt")
+    with pytest.raises(ReadoutError, match="not a read-out file"):
+        ReadoutModel.load(tmp_path / "x.pt")

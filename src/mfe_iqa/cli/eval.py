@@ -87,6 +87,25 @@ def prediction_table(
     return df
 
 
+def _with_readout(
+    readout, rows: Mapping[str, np.ndarray], items: Sequence, metrics: Mapping[str, float], batch_size: int
+):
+    """The network's rows with ``prediction`` replaced by the read-out's blend (``network`` and ``readout`` kept),
+    the blend's metrics (the system's metric set, from ``mfe_iqa.probe.score_metrics``), and {part: metrics}
+    for the network and the read-out alone."""
+    from mfe_iqa.probe import score_metrics
+
+    index = np.asarray(rows["index"]).astype(int)
+    network = np.asarray(rows["prediction"], dtype=np.float64)
+    mos = np.asarray(rows["mos"], dtype=np.float64)
+    read = readout.score_files([items[i].path for i in index], batch_size=batch_size)
+    blended = readout.blend(network, read)
+    out = {**rows, "prediction": blended, "network": network, "readout": read}
+    blend_metrics = {**score_metrics(blended, mos), "n_images": float(len(index))}
+    parts = {"network": dict(metrics), "readout": {**score_metrics(read, mos), "n_images": float(len(index))}}
+    return out, blend_metrics, parts
+
+
 @task_wrapper
 def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.datasets`` (or ``cfg.data``); returns {dataset: {metric: value}}."""
@@ -118,6 +137,14 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
         net, train_database = load_net_from_checkpoint(ckpt_path)
     except CheckpointFormatError as err:
         raise ConfigError(str(err)) from err
+    readout = None
+    if cfg.get("readout"):
+        from mfe_iqa.readout import ReadoutError, ReadoutModel
+
+        try:
+            readout = ReadoutModel.load(str(cfg.readout), weight=cfg.get("readout_weight"))
+        except ReadoutError as err:
+            raise ConfigError(f"readout: {err}") from err
 
     names = [str(n) for n in (cfg.get("datasets") or [])]
     loaders, item_lists, labels = [], [], []
@@ -157,10 +184,18 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
     trainer.test(system, dataloaders=loaders, verbose=False)
 
     results: dict[str, dict[str, float]] = {}
+    readout_parts: dict[str, dict[str, dict[str, float]]] = {}  # label -> network / readout -> metrics
     for label, items in zip(labels, item_lists):
         rows = system.test_predictions[label]
         metrics = dict(system.test_results[label])
+        if readout is not None:  # the blend replaces the prediction; both parts are kept as columns and rows
+            rows, metrics, parts = _with_readout(
+                readout, rows, items, metrics, int(cfg.get("readout_batch_size", 8))
+            )
+            readout_parts[label] = parts
         table = prediction_table(rows, items, train_database)
+        if readout is not None:
+            table["network"], table["readout"] = rows["network"], rows["readout"]
         table.to_csv(out / f"predictions_{label}.csv", index=False)
         fit = fit_logistic(table["prediction"], table["mos"], kind="4") if len(table) >= 5 else None
         shown = {k: metrics[k] for k in ("srcc", "plcc", "plcc_fit") if k in metrics}
@@ -180,9 +215,27 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
         experiment=str(cfg.get("experiment_name", "eval")),
         val=None,
         test=results,
-        extra={"source": "eval", "ckpt_path": str(ckpt_path), "eval_split": split},
+        extra={
+            "source": "eval",
+            "ckpt_path": str(ckpt_path),
+            "eval_split": split,
+            **(
+                {
+                    "readout": str(cfg.readout),
+                    "readout_weight": readout.weight,
+                    "readout_parts": readout_parts,
+                }
+                if readout is not None
+                else {}
+            ),
+        },  # fmt: skip
     )
-    print_metrics_table(f"Evaluation of {Path(ckpt_path).name} ({split})", results)
+    title = f"Evaluation of {Path(ckpt_path).name} ({split})"
+    if readout is not None:
+        title += f", blended with the read-out {cfg.readout} (weight {readout.weight:g})"
+        shown = {f"{label}: {part}": m for label, parts in readout_parts.items() for part, m in parts.items()}
+        print_metrics_table(f"The blend's parts ({split})", shown)
+    print_metrics_table(title, results)
     return results
 
 

@@ -24,6 +24,7 @@ log = logging.getLogger("mfe_iqa.predict")
 def load_model_from_cfg(cfg: DictConfig, ckpt_key: str = "ckpt_path"):
     """``load_model`` with the device, precision and view keys of a predict-like config; user errors named."""
     from mfe_iqa.inference.api import load_model
+    from mfe_iqa.readout import ReadoutError
     from mfe_iqa.systems.iqa import CheckpointFormatError
 
     ckpt = cfg.get(ckpt_key)
@@ -42,7 +43,11 @@ def load_model_from_cfg(cfg: DictConfig, ckpt_key: str = "ckpt_path"):
             crop_seed=int(cfg.get("crop_seed", 0)),
             short_side=cfg.get("short_side"),
             channels_last=bool(cfg.get("channels_last", False)),
+            readout=cfg.get("readout"),
+            readout_weight=cfg.get("readout_weight"),
         )
+    except ReadoutError as err:
+        raise ConfigError(f"readout: {err}") from err
     except (FileNotFoundError, CheckpointFormatError) as err:
         raise ConfigError(f"{ckpt_key}: {err}") from err
 
@@ -60,6 +65,13 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"input: {err}") from err
     model = load_model_from_cfg(cfg)
     log.info("Scoring %d files with %s on %s (%s)", len(paths), cfg.ckpt_path, model.device, cfg.precision)
+    if model.readout is not None:
+        log.info(
+            "Blending with the read-out %s (weight %g; views %s)",
+            cfg.readout,
+            model.readout.weight,
+            model.readout.views,
+        )
     summary = predict_to_csv(
         model.scorer,
         paths,
@@ -69,6 +81,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         batch_size=int(cfg.batch_size),
         num_workers=int(cfg.num_workers),
         progress=bool(cfg.progress),
+        readout=model.readout,
     )
     write_json(Path(cfg.paths.output_dir) / "predict_summary.json", summary.as_dict())
     log.info(

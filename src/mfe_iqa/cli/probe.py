@@ -157,7 +157,14 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
 
     from mfe_iqa.inference.scoring import resolve_device
     from mfe_iqa.metrics import write_run_metrics
-    from mfe_iqa.probe import DEFAULT_ALPHAS, POOLINGS, extract_features, probe_split
+    from mfe_iqa.probe import (
+        DEFAULT_ALPHAS,
+        FEATURE_TRANSFORMS,
+        POOLINGS,
+        extract_features,
+        probe_split,
+        transform_features,
+    )
 
     configure_runtime(cfg)
     out = Path(cfg.paths.output_dir)
@@ -171,6 +178,12 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
     if not scales or any(not s > 0 for s in scales):
         raise ConfigError(f"scales must be positive numbers (e.g. [1.0, 0.5]), got {scales}")
     alphas = [float(a) for a in cfg.alphas] if cfg.get("alphas") else list(DEFAULT_ALPHAS)
+    transform, log_eps = str(cfg.get("transform") or "none"), float(cfg.get("log_eps", 1e-2))
+    if transform not in FEATURE_TRANSFORMS or not log_eps > 0:
+        raise ConfigError(
+            f"transform must be one of {list(FEATURE_TRANSFORMS)} and log_eps > 0, got transform={transform!r}, "
+            f"log_eps={log_eps}"
+        )
 
     net, backbone_name = build_backbone(cfg)
     n_stages = len(net.channels)
@@ -209,11 +222,13 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
 
     items = list(dm.items)
     log.info(
-        "Embedding %d %s images with %s (%s) at scales %s, stages %s, pooling %s",
-        len(items), label, backbone_name, cfg.get("dan_ckpt") or "random init", scales, stages, pooling,
+        "Embedding %d %s images with %s (%s) at scales %s, stages %s, pooling %s, transform %s",
+        len(items), label, backbone_name, cfg.get("dan_ckpt") or "random init", scales, stages, pooling, transform,
     )  # fmt: skip
     batches = ({k: v.to(device) if k == "image" else v for k, v in b.items()} for b in dm.whole_dataloader())
-    features = extract_features(net, batches, len(items), scales, stages, pooling)
+    features = transform_features(
+        extract_features(net, batches, len(items), scales, stages, pooling), transform, log_eps
+    )
     position = {id(it): k for k, it in enumerate(items)}
 
     curve_rows, per_split, table = [], [], {}
@@ -271,6 +286,8 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
         "scales": scales,
         "stages": stages,
         "pooling": pooling,
+        "transform": transform,
+        "log_eps": log_eps if transform == "log" else None,
         "feature_dim": int(features.shape[1]),
         "test_mode": str(dm.eval_transform.mode),
         "alphas": alphas,

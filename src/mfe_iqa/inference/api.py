@@ -4,6 +4,8 @@
 >>> model = load_model("best.ckpt", mode="crops", crops=25, crop_size=224)
 >>> model.score(["a.jpg", "b.png"])       # array of quality on [0, 1], higher = better
 >>> model.score_mos(["a.jpg"])            # the same on the training database's MOS scale
+>>> blended = load_model("best.ckpt", mode="crops", crops=5, crop_size=128, short_side=160,
+...                      readout="<run>/readout/readout.pt")  # the job's blend with its whole-image read-out
 """
 
 from __future__ import annotations
@@ -24,7 +26,11 @@ ImageLike = str | Path | torch.Tensor | np.ndarray | Image.Image
 
 
 class IQAModel:
-    """A trained network with its view policy (crops / full / resize) and the training database's MOS scale."""
+    """A trained network with its view policy (crops / full / resize) and the training database's MOS scale.
+
+    With ``readout`` (a ``mfe_iqa.readout.ReadoutModel``) an image's score is the read-out's blend of the
+    network's score and its own (the read-out reads the image its own way, e.g. whole at its own resolution).
+    """
 
     def __init__(
         self,
@@ -38,10 +44,12 @@ class IQAModel:
         crop_seed: int = 0,
         short_side: int | None = None,
         channels_last: bool = False,
+        readout=None,
     ) -> None:
         self.scorer = Scorer(net, device=device, precision=precision, channels_last=channels_last)
         self.views = ViewSpec(mode, int(crops), int(crop_size), int(crop_seed), short_side)
         self._transform = self.views.transform()
+        self.readout = readout.to(self.scorer.device) if readout is not None else None
         self.database = dict(database or {})
         self._info = database_info(self.database)
 
@@ -53,12 +61,17 @@ class IQAModel:
     def device(self) -> torch.device:
         return self.scorer.device
 
-    def _memory_views(self, image: torch.Tensor | np.ndarray | Image.Image) -> torch.Tensor:
-        """(K, 3, h, w) float views of one in-memory image, placed as evaluation places them.
+    def _memory_views(
+        self, image: torch.Tensor | np.ndarray | Image.Image, views: ViewSpec | None = None
+    ) -> torch.Tensor:
+        """(K, 3, h, w) float views of one in-memory image, placed as evaluation places them (``views``: the
+        network's, or the read-out's).
 
         uint8 images ((H, W, 3) arrays, PIL, uint8 (3, H, W) tensors) take the file path exactly
         (``short_side`` resize, then ``EvalTransform``); float (3, H, W) tensors in [0, 1] are used at their size.
         """
+        spec = views or self.views
+        transform = self._transform if views is None else views.transform()
         if isinstance(image, Image.Image):
             image = np.asarray(image.convert("RGB"), dtype=np.uint8)
         if isinstance(image, torch.Tensor) and image.dtype == torch.uint8:
@@ -66,14 +79,14 @@ class IQAModel:
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise ValueError(f"numpy images must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
-            if self.views.short_side is not None:
-                image = resize_short_side(image, self.views.short_side)
-            return self._transform(np.ascontiguousarray(image), IN_MEMORY_KEY)
+            if spec.short_side is not None:
+                image = resize_short_side(image, spec.short_side)
+            return transform(np.ascontiguousarray(image), IN_MEMORY_KEY)
         if image.min() < 0 or image.max() > 1:
             raise ValueError(
                 "float image tensors must lie in [0, 1] (the networks normalize their own input)"
             )
-        return float_tensor_views(image, self._transform)
+        return float_tensor_views(image, transform)
 
     def score(
         self,
@@ -107,7 +120,13 @@ class IQAModel:
         for start in range(0, len(mem_pos), batch_size):
             chunk = mem_pos[start : start + batch_size]
             views = [self._memory_views(items[i]) for i in chunk]  # each (K, 3, h, w)
-            out[chunk] = self.scorer.score_views(views).double().numpy()
+            scores = self.scorer.score_views(views).double().numpy()
+            if self.readout is not None:
+                read = self.readout.score_views(
+                    [self._memory_views(items[i], self.readout.views) for i in chunk]
+                )
+                scores = self.readout.blend(scores, read)
+            out[chunk] = scores
         return out
 
     def score_files(
@@ -118,11 +137,14 @@ class IQAModel:
 
         scores = np.full(len(paths), np.nan, dtype=np.float64)
         errors: dict[str, str] = {}
-        loader = make_file_loader(paths, self.views, batch_size, num_workers, self.device.type == "cuda")
+        loader = make_file_loader(
+            paths, self.views, batch_size, num_workers, self.device.type == "cuda",
+            readout_views=self.readout.views if self.readout is not None else None,
+        )  # fmt: skip
         with tqdm(
             total=len(paths), desc="score", unit="img", disable=not progress, dynamic_ncols=True
         ) as bar:
-            for rows in iter_file_scores(self.scorer, loader):
+            for rows in iter_file_scores(self.scorer, loader, self.readout):
                 for row in rows:
                     if row.score is None:
                         errors[paths[row.index]] = row.error
@@ -157,13 +179,20 @@ def load_model(
     crop_seed: int = 0,
     short_side: int | None = None,
     channels_last: bool = False,
+    readout: str | Path | None = None,
+    readout_weight: float | None = None,
 ) -> IQAModel:
     """An ``IQAModel`` rebuilt from an mfe-iqa training checkpoint alone (network config and weights).
 
     ``mode``/``crops``/``crop_size``/``crop_seed``/``short_side`` mean what ``data.test_mode``/``test_crops``/
     ``crop_size``/``crop_seed``/``short_side`` mean in evaluation; use the training run's values to score as it did.
+    ``readout``: the job's ``<run>/readout/readout.pt`` (a read-out of its pre-trained DAN, ``readout.enabled``):
+    scores become its blend with the network, with the weight it was written with or ``readout_weight``.
     """
+    from mfe_iqa.readout import ReadoutModel
+
     net, database = load_net_from_checkpoint(ckpt_path, map_location="cpu")
+    read = ReadoutModel.load(readout, weight=readout_weight) if readout else None
     return IQAModel(
         net,
         database=database,
@@ -175,4 +204,5 @@ def load_model(
         crop_seed=crop_seed,
         short_side=short_side,
         channels_last=channels_last,
+        readout=read,
     )

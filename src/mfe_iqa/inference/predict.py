@@ -17,6 +17,8 @@ from mfe_iqa.inference.scoring import Scorer, ViewSpec, database_info, iter_file
 log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("path", "score", "score_mos", "status", "error")
+# with a read-out: the two scores the blend (``score``) is made of, on the same [0, 1] scale
+READOUT_COLUMNS = ("network", "readout")
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 
@@ -45,15 +47,22 @@ def predict_to_csv(
     batch_size: int = 32,
     num_workers: int = 0,
     progress: bool = True,
+    readout=None,
 ) -> PredictSummary:
     """Score ``paths`` and stream one CSV row per file (columns ``CSV_COLUMNS``) as each batch finishes.
 
     Files that cannot be read or decoded get ``status=error`` and the reason; the run goes on.
     Memory stays flat: rows are written and flushed per batch, nothing is accumulated.
+    With ``readout`` (a ``ReadoutModel``) ``score`` is its blend with the network, and the columns
+    ``READOUT_COLUMNS`` give the network's and the read-out's own scores.
     """
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    loader = make_file_loader(paths, views, batch_size, num_workers, pin_memory=scorer.device.type == "cuda")
+    loader = make_file_loader(
+        paths, views, batch_size, num_workers, pin_memory=scorer.device.type == "cuda",
+        readout_views=readout.views if readout is not None else None,
+    )  # fmt: skip
+    extra = READOUT_COLUMNS if readout is not None else ()
     info = database_info(database)
     n_ok = n_failed = 0
     start = time.perf_counter()
@@ -62,17 +71,18 @@ def predict_to_csv(
         tqdm(total=len(paths), desc="predict", unit="img", disable=not progress, dynamic_ncols=True) as bar,
     ):
         writer = csv.writer(fh)
-        writer.writerow(CSV_COLUMNS)
-        for rows in iter_file_scores(scorer, loader):
+        writer.writerow(CSV_COLUMNS + extra)
+        for rows in iter_file_scores(scorer, loader, readout):
             for row in rows:
                 path = paths[row.index]
                 if row.score is None or not math.isfinite(row.score):
                     reason = row.error or f"{path}: the network returned a non-finite score"
-                    writer.writerow((path, "", "", STATUS_ERROR, reason))
+                    writer.writerow((path, "", "", STATUS_ERROR, reason) + ("",) * len(extra))
                     n_failed += 1
                     continue
                 mos = "" if info is None else f"{info.denormalize(row.score):.6f}"
-                writer.writerow((path, f"{row.score:.6f}", mos, STATUS_OK, ""))
+                parts = tuple(f"{getattr(row, c):.6f}" for c in extra)
+                writer.writerow((path, f"{row.score:.6f}", mos, STATUS_OK, "") + parts)
                 n_ok += 1
             fh.flush()
             bar.update(len(rows))

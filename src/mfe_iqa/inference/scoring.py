@@ -50,6 +50,9 @@ class ScoredFile:
     index: int
     score: float | None
     error: str = ""
+    # with a read-out (``mfe_iqa.readout.ReadoutModel``): ``score`` is the blend of these two
+    network: float | None = None
+    readout: float | None = None
 
 
 def database_info(database: dict | None) -> DatabaseInfo | None:
@@ -134,12 +137,22 @@ class Scorer:
 
 
 class ImageFileDataset(Dataset):
-    """Decodes one file into its views; a file that fails gives its error message instead of raising."""
+    """Decodes one file into its views; a file that fails gives its error message instead of raising.
 
-    def __init__(self, paths: Sequence[str], views: ViewSpec) -> None:
+    With ``readout_views`` each file also gives the views a read-out reads (``readout_views``: e.g. the whole
+    image at its own resolution), each decoded the way its own evaluation decodes it."""
+
+    def __init__(self, paths: Sequence[str], views: ViewSpec, readout_views: ViewSpec | None = None) -> None:
         self.paths = list(paths)
         self.views = views
         self.transform = views.transform()
+        self.readout_views = readout_views
+        self.readout_transform = readout_views.transform() if readout_views is not None else None
+
+    def _views(self, path: str, spec: ViewSpec, transform: EvalTransform, decoded: dict) -> torch.Tensor:
+        if spec.short_side not in decoded:  # one decode per size
+            decoded[spec.short_side] = load_rgb(path, short_side=spec.short_side)  # (H, W, 3) uint8 RGB
+        return transform(decoded[spec.short_side], image_key(path))  # (K, 3, h, w) float32 in [0, 1]
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -147,9 +160,17 @@ class ImageFileDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         try:
             path = self.paths[index]
-            image = load_rgb(path, short_side=self.views.short_side)  # (H, W, 3) uint8 RGB
-            views = self.transform(image, image_key(path))  # (K, 3, h, w) float32 in [0, 1]
-            return {"index": index, "views": views, "error": ""}
+            decoded: dict = {}
+            sample = {
+                "index": index,
+                "views": self._views(path, self.views, self.transform, decoded),
+                "error": "",
+            }
+            if self.readout_views is not None:
+                sample["readout_views"] = self._views(
+                    path, self.readout_views, self.readout_transform, decoded
+                )
+            return sample
         except (ImageDecodeError, OSError) as exc:
             return {"index": index, "views": None, "error": str(exc)}
         except (ValueError, RuntimeError, MemoryError) as exc:
@@ -160,25 +181,34 @@ class ImageFileDataset(Dataset):
             }
 
 
+def _stack_if_equal(views: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    return torch.stack(views) if views and all(v.shape == views[0].shape for v in views) else views
+
+
 def collate_views(samples: list[dict]) -> dict:
     """Good samples stacked to (B, K, 3, h, w) when their shapes agree (else a list); failures kept aside."""
     good = [s for s in samples if s["views"] is not None]
-    views: torch.Tensor | list[torch.Tensor] = [s["views"] for s in good]
-    if good and all(v.shape == views[0].shape for v in views):
-        views = torch.stack(views)
-    return {
+    batch = {
         "index": [s["index"] for s in good],
-        "views": views,
+        "views": _stack_if_equal([s["views"] for s in good]),
         "failed": [(s["index"], s["error"]) for s in samples if s["views"] is None],
     }
+    if good and "readout_views" in good[0]:
+        batch["readout_views"] = _stack_if_equal([s["readout_views"] for s in good])
+    return batch
 
 
 def make_file_loader(
-    paths: Sequence[str], views: ViewSpec, batch_size: int, num_workers: int, pin_memory: bool = False
+    paths: Sequence[str],
+    views: ViewSpec,
+    batch_size: int,
+    num_workers: int,
+    pin_memory: bool = False,
+    readout_views: ViewSpec | None = None,
 ) -> DataLoader:
     """An ordered DataLoader over files; workers decode and crop while the device scores the previous batch."""
     return DataLoader(
-        ImageFileDataset(paths, views),
+        ImageFileDataset(paths, views, readout_views),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
@@ -188,12 +218,23 @@ def make_file_loader(
     )
 
 
-def iter_file_scores(scorer: Scorer, loader: DataLoader) -> Iterator[list[ScoredFile]]:
-    """Per batch, one ``ScoredFile`` per input file in input order: nothing is kept between batches."""
+def iter_file_scores(scorer: Scorer, loader: DataLoader, readout=None) -> Iterator[list[ScoredFile]]:
+    """Per batch, one ``ScoredFile`` per input file in input order: nothing is kept between batches.
+
+    With ``readout`` (a ``ReadoutModel``; the loader made with its ``views``) the score is its blend of the
+    network's score and the read-out's, both kept in the row."""
     for batch in loader:
         rows = [ScoredFile(i, None, err) for i, err in batch["failed"]]
         if batch["index"]:
-            scores = scorer.score_views(batch["views"]).tolist()
-            rows += [ScoredFile(i, s) for i, s in zip(batch["index"], scores)]
+            scores = scorer.score_views(batch["views"]).double().numpy()
+            if readout is None:
+                rows += [ScoredFile(i, float(s)) for i, s in zip(batch["index"], scores)]
+            else:
+                read = readout.score_views(batch["readout_views"])
+                blended = readout.blend(scores, read)
+                rows += [
+                    ScoredFile(i, float(b), network=float(n), readout=float(r))
+                    for i, b, n, r in zip(batch["index"], blended, scores, read)
+                ]
         rows.sort(key=lambda r: r.index)
         yield rows
