@@ -91,8 +91,8 @@ def _with_readout(
     readout, rows: Mapping[str, np.ndarray], items: Sequence, metrics: Mapping[str, float], batch_size: int
 ):
     """The network's rows with ``prediction`` replaced by the read-out's blend (``network`` and ``readout`` kept),
-    the blend's metrics (the system's metric set, from ``mfe_iqa.probe.score_metrics``), and {part: metrics}
-    for the network and the read-out alone."""
+    the blend's metrics (SRCC, PLCC, KRCC, RMSE and the fitted PLCC: ``mfe_iqa.probe.score_metrics``), and
+    {part: metrics} for the network (the system's own) and the read-out alone."""
     from mfe_iqa.probe import score_metrics
 
     index = np.asarray(rows["index"]).astype(int)
@@ -228,7 +228,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
                 if readout is not None
                 else {}
             ),
-        },  # fmt: skip
+        },
     )
     title = f"Evaluation of {Path(ckpt_path).name} ({split})"
     if readout is not None:
