@@ -194,13 +194,7 @@ class ReadoutModel:
                 "pooling": self.pooling,
                 "transform": self.transform,
                 "log_eps": self.log_eps,
-                "ridge": {
-                    "mean": self.ridge.mean,
-                    "scale": self.ridge.scale,
-                    "weights": self.ridge.weights,
-                    "intercept": self.ridge.intercept,
-                    "alpha": self.ridge.alpha,
-                },  # fmt: skip
+                "ridge": asdict(self.ridge),  # mean, scale, weights, intercept, alpha
                 "weight": self.weight,
                 "info": self.info,
             },
