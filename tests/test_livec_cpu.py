@@ -53,7 +53,9 @@ def test_experiment_composes(compose_cfg, model):
     assert cfg.system.stats_head_init == "auto"
     # the whole-image read-out (log features, blend weight 0.8) where there is a pre-trained DAN to read
     assert cfg.readout.enabled is has_dan
-    assert cfg.readout.weight == 0.8 and cfg.readout.transform == "log" and cfg.readout.data.short_side is None
+    assert (
+        cfg.readout.weight == 0.8 and cfg.readout.transform == "log" and cfg.readout.data.short_side is None
+    )
 
 
 def test_budget_cosine_schedule_follows_the_clock():
