@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from mfe_iqa.errors import UserError
+from mfe_iqa.probe import DEFAULT_LOG_EPS
 
 log = logging.getLogger("mfe_iqa.readout")
 
@@ -51,7 +52,7 @@ class ReadoutSettings:
     stages: Sequence[int] | None = None
     pooling: Sequence[str] = ("mean", "std")
     transform: str = "log"
-    log_eps: float = 1e-2
+    log_eps: float = DEFAULT_LOG_EPS
     alphas: Sequence[float] | None = None
     cv_folds: int = 5
     data: Mapping[str, Any] = field(default_factory=dict)
@@ -76,7 +77,7 @@ class ReadoutSettings:
             raise ReadoutError(
                 f"readout.transform must be one of {list(FEATURE_TRANSFORMS)}, got {transform!r}"
             )
-        log_eps = float(cfg.get("log_eps", 1e-2))
+        log_eps = float(cfg.get("log_eps", DEFAULT_LOG_EPS))
         if not log_eps > 0:
             raise ReadoutError(
                 f"readout.log_eps must be > 0 (log(x + eps) of the pooled features), got {log_eps}"

@@ -159,6 +159,7 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
     from mfe_iqa.metrics import write_run_metrics
     from mfe_iqa.probe import (
         DEFAULT_ALPHAS,
+        DEFAULT_LOG_EPS,
         FEATURE_TRANSFORMS,
         POOLINGS,
         extract_features,
@@ -178,7 +179,7 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
     if not scales or any(not s > 0 for s in scales):
         raise ConfigError(f"scales must be positive numbers (e.g. [1.0, 0.5]), got {scales}")
     alphas = [float(a) for a in cfg.alphas] if cfg.get("alphas") else list(DEFAULT_ALPHAS)
-    transform, log_eps = str(cfg.get("transform") or "none"), float(cfg.get("log_eps", 1e-2))
+    transform, log_eps = str(cfg.get("transform") or "none"), float(cfg.get("log_eps", DEFAULT_LOG_EPS))
     if transform not in FEATURE_TRANSFORMS or not log_eps > 0:
         raise ConfigError(
             f"transform must be one of {list(FEATURE_TRANSFORMS)} and log_eps > 0, got transform={transform!r}, "
