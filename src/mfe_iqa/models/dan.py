@@ -5,7 +5,8 @@ The same class serves MFENet and the contrastive pre-training system, so a pre-t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import timm
@@ -19,6 +20,21 @@ DAN_CKPT_FORMAT = "mfe_iqa.dan/1"
 
 class DANCheckpointError(UserError, RuntimeError):
     """A DAN weight file that does not fit the configured backbone."""
+
+
+def dan_fingerprint(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """16 hex digits of the SHA-256 of a DAN's weights (names, dtypes, shapes and values, in name order).
+
+    It names a pre-trained DAN independently of the file that holds it: the ``dan.pt`` a job pre-trained, the
+    copy of it inside ``readout.pt`` and the provenance an IQA checkpoint records for the DAN it started from
+    all give the same fingerprint, whatever their paths.
+    """
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
 
 
 def load_dan_file(path: str | Path) -> dict:
@@ -68,6 +84,9 @@ class DistortionAwareNetwork(nn.Module):
         cfg = timm.data.resolve_model_data_config(self.backbone)
         self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
+        # the pre-trained DAN this one started from (``dan_fingerprint`` of its weights), None if none was loaded;
+        # IQA checkpoints record it, and a read-out checks it is paired with the network of its own run
+        self.pretrained_fingerprint: str | None = None
         if pretrained_path:
             self._load_timm_weights(pretrained_path)
         if pretrained_ckpt:
@@ -120,6 +139,7 @@ class DistortionAwareNetwork(nn.Module):
                 f"DAN checkpoint '{path}' does not match backbone '{self.backbone_name}': "
                 f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
             )
+        self.pretrained_fingerprint = dan_fingerprint(ckpt["state_dict"])
 
     def export_state(self) -> dict:
         """The ``dan.pt`` payload that ``load_pretrained`` reads back."""

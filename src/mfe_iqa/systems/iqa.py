@@ -685,8 +685,18 @@ class IQATrainingModule(L.LightningModule):
                 "IQATrainingModule has no model_cfg: this checkpoint cannot be rebuilt by load_net_from_checkpoint"
             )
         checkpoint[CKPT_META_KEY] = {"model_cfg": self.model_cfg, "database": self.database}
+        fingerprint = pretrained_dan_fingerprint(self.net)
+        if fingerprint is not None:  # the pre-trained DAN the network started from (a read-out checks it)
+            checkpoint[CKPT_META_KEY]["pretrained_dan"] = {"fingerprint": fingerprint}
         if self.stats_head_probe is not None:
             checkpoint[CKPT_META_KEY]["stats_head_probe"] = dict(self.stats_head_probe)
+
+
+def pretrained_dan_fingerprint(net: nn.Module) -> str | None:
+    """``dan_fingerprint`` of the pre-trained DAN a network's DAN started from; None without a DAN or without
+    pre-trained DAN weights (a checkpoint written before the fingerprint existed, too)."""
+    dan = getattr(net, "dan", None)
+    return getattr(dan, "pretrained_fingerprint", None) if dan is not None else None
 
 
 class CheckpointFormatError(UserError, ValueError):
@@ -712,7 +722,9 @@ def load_net_from_checkpoint(
 
     Returns (network in eval mode on ``map_location``, database dict {"name", "mos_min", "mos_max",
     "lower_better", ...}). Pretrained-weight paths in the stored model config are cleared before building, since
-    the checkpoint's ``net.*`` weights replace them. Loads with ``weights_only=False``: open trusted files only.
+    the checkpoint's ``net.*`` weights replace them; the fingerprint of the pre-trained DAN the fit started from,
+    where the checkpoint records one, is set back on ``net.dan.pretrained_fingerprint`` (``ReadoutModel.check_pairing``
+    reads it). Loads with ``weights_only=False``: open trusted files only.
     """
     from hydra.utils import instantiate
 
@@ -754,4 +766,8 @@ def load_net_from_checkpoint(
         raise CheckpointFormatError(
             f"'{path}': the stored weights do not fit the network rebuilt from its model_cfg: {err}"
         ) from err
+    source = meta.get("pretrained_dan") or {}
+    if getattr(net, "dan", None) is not None and source.get("fingerprint"):
+        # the provenance the cleared pretrained_ckpt carried: which pre-trained DAN the fit started from
+        net.dan.pretrained_fingerprint = str(source["fingerprint"])
     return net.to(map_location).eval(), dict(meta.get("database") or {})
