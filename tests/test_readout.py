@@ -56,6 +56,9 @@ def test_network_predictions_come_back_in_item_order_and_every_item_once():
         ({"transform": "exp"}, "readout.transform"),
         ({"log_eps": 0.0}, "readout.log_eps"),
         ({"data": {"root": "/elsewhere"}}, r"readout.data may set .*got \['root'\]"),
+        ({"extra_dans": -1}, "readout.extra_dans must be a whole number"),
+        ({"extra_dans": "two"}, "readout.extra_dans must be a whole number"),
+        ({"extra_dan_ckpts": "a.pt"}, "readout.extra_dan_ckpts must be a list"),
     ],
 )
 def test_bad_settings_name_their_key(setting, match):
@@ -261,6 +264,173 @@ def test_eval_blends_the_readout_on_the_runs_test_split(readout_run, tmp_path, c
     parts = read_metrics(tmp_path / "run")["extra"]["readout_parts"]["demo"]
     assert parts["network"]["srcc"] == pytest.approx(spearmanr(table["network"], table["mos"])[0], abs=1e-5)
     assert parts["readout"]["srcc"] == pytest.approx(spearmanr(table["readout"], table["mos"])[0], abs=1e-6)
+
+
+def test_an_extra_dan_adds_its_features_and_travels_in_the_readout_file(readout_run, tmp_path, compose_cfg):
+    """readout.extra_dan_ckpts: the read-out is the mean of one ridge per DAN, each the probe of that DAN (its own
+    alpha); readout.pt carries both DANs and ridges, reproduces the column and still pairs with the run's
+    checkpoint (its first DAN is the run's); the DANs must share a backbone."""
+    from mfe_iqa.models.dan import DistortionAwareNetwork, dan_fingerprint, load_dan_file
+    from mfe_iqa.probe import extract_features, probe_split, transform_features
+    from mfe_iqa.readout import run_readout
+    from mfe_iqa.systems.iqa import load_net_from_checkpoint
+
+    demo_root, run, dan = readout_run
+    torch.manual_seed(5)
+    dan2 = tmp_path / "dan2.pt"
+    torch.save(DistortionAwareNetwork("resnet10t").export_state(), dan2)
+    cfg = compose_cfg(
+        "probe",
+        [
+            *demo_data_overrides(demo_root),
+            "data.limit_items=33",
+            f"split.file={run / 'split.csv'}",
+            "device=cpu",
+        ],
+    )
+    from hydra.utils import instantiate
+
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    job = pd.read_csv(run / "readout" / "predictions_test.csv").set_index("path")
+    parts = {p: list(getattr(dm, f"{p}_items")) for p in ("train", "val", "test")}
+    network = {
+        "index": np.arange(len(parts["test"])),
+        "prediction": job.loc[[it.path for it in parts["test"]], "network"].to_numpy(),
+        "mos": np.array([it.mos for it in parts["test"]]),
+    }
+    settings = ReadoutSettings.from_config(
+        {"weight": 0.25, "transform": "log", "alphas": [0.1, 10, 1000], "extra_dan_ckpts": [str(dan2)]}
+    )
+    out = tmp_path / "two"
+    summary = run_readout([dan, *settings.extra_dan_ckpts], dm, parts, network, settings, out, seed=0)
+    got = pd.read_csv(out / "predictions_test.csv")
+    assert (
+        summary["extra_dan_ckpts"] == [str(dan2)] and summary["feature_dim"] == 2 * (64 + 128 + 256 + 512) * 4
+    )
+
+    # by hand: each DAN's features as the probe extracts them, log, its own ridge and alpha choice; their mean
+    items = [*parts["train"], *parts["val"], *parts["test"]]
+    n_tr, n_va = len(parts["train"]), len(parts["val"])
+    rows = {"train": range(n_tr), "val": range(n_tr, n_tr + n_va), "test": range(n_tr + n_va, len(items))}
+    probes = [
+        probe_split(
+            transform_features(
+                extract_features(
+                    DistortionAwareNetwork("resnet10t", pretrained_ckpt=str(d)),
+                    dm.eval_dataloader(items),
+                    len(items),
+                    (1.0, 0.5),
+                    range(4),
+                    ("mean", "std"),
+                ),
+                "log",
+            ),
+            items,
+            rows,
+            [0.1, 10, 1000],
+            5,
+            0,
+        )
+        for d in (dan, dan2)
+    ]
+    np.testing.assert_allclose(got["readout"], (probes[0].test_pred + probes[1].test_pred) / 2, atol=1e-9)
+    assert summary["alphas"] == [p.alpha for p in probes]
+    assert np.abs(got["readout"].to_numpy() - job.loc[got["path"], "readout"].to_numpy()).max() > 1e-4
+    np.testing.assert_allclose(got["blend"], 0.75 * got["network"] + 0.25 * got["readout"], atol=1e-12)
+
+    model = ReadoutModel.load(out / "readout.pt")
+    assert len(model.dans) == 2
+    assert model.fingerprints == [dan_fingerprint(load_dan_file(d)["state_dict"]) for d in (dan, dan2)]
+    np.testing.assert_allclose(model.score_files(got["path"].tolist()), got["readout"], atol=1e-6)
+    assert model.check_pairing(load_net_from_checkpoint(_best_checkpoint(run))[0]) is None
+
+    other = tmp_path / "r18.pt"
+    torch.save(DistortionAwareNetwork("resnet18").export_state(), other)
+    with pytest.raises(
+        ReadoutError, match=r"r18.pt' \(readout.extra_dan_ckpts\) holds a 'resnet18'.*share one"
+    ):
+        run_readout([dan, other], dm, parts, network, settings, tmp_path / "bad", seed=0)
+
+
+def _foreign_readout(src, dst, keep_record=False):
+    """A copy of ``src`` (a readout.pt) whose DAN differs in one weight: another run's read-out, or, keeping the
+    fingerprint it was written with (``keep_record``), a damaged file."""
+    from mfe_iqa.models.dan import dan_fingerprint
+
+    obj = torch.load(src, weights_only=False)
+    sd = obj["dans"][0]["state_dict"]
+    name = next(k for k, v in sd.items() if v.is_floating_point() and v.ndim == 4)
+    sd[name] = sd[name].clone()
+    sd[name].view(-1)[0] += 0.5
+    if not keep_record:
+        obj["info"]["dan_fingerprint"] = dan_fingerprint(sd)
+        obj["info"]["dan_fingerprints"] = [dan_fingerprint(d["state_dict"]) for d in obj["dans"]]
+    torch.save(obj, dst)
+    return dst
+
+
+def test_a_readout_is_paired_with_its_own_runs_checkpoint(readout_run, tmp_path, compose_cfg, caplog):
+    """The checkpoint records the pre-trained DAN its fit started from, readout.pt the DAN it reads with: the same
+    weights (the dan.pt the job was given) give the same fingerprint in both; another run's read-out is refused by
+    load_model, mfe-iqa-predict and mfe-iqa-eval (readout_check=false blends it anyway); a checkpoint without the
+    record is scored with a warning; a network without a DAN is refused."""
+    from omegaconf import OmegaConf
+
+    from mfe_iqa.cli.eval import evaluate
+    from mfe_iqa.cli.predict import load_model_from_cfg
+    from mfe_iqa.inference.api import load_model
+    from mfe_iqa.models.dan import dan_fingerprint, load_dan_file
+    from mfe_iqa.systems.iqa import load_net_from_checkpoint
+
+    demo_root, run, dan = readout_run
+    ckpt, own = _best_checkpoint(run), run / "readout" / "readout.pt"
+    truth = dan_fingerprint(load_dan_file(dan)["state_dict"])
+    assert len(truth) == 16 and int(truth, 16) >= 0
+    assert torch.load(ckpt, weights_only=False)["mfe_iqa"]["pretrained_dan"]["fingerprint"] == truth
+    assert torch.load(own, weights_only=False)["info"]["dan_fingerprints"] == [truth]
+    assert load_net_from_checkpoint(ckpt)[0].dan.pretrained_fingerprint == truth
+    assert ReadoutModel.load(own).check_pairing(load_net_from_checkpoint(ckpt)[0]) is None
+
+    foreign = _foreign_readout(own, tmp_path / "foreign.pt")
+    assert ReadoutModel.load(foreign).fingerprint != truth
+    views = dict(mode="crops", crops=2, crop_size=32, device="cpu")
+    with pytest.raises(ReadoutError, match=f"different runs.*{truth}.*readout_check=false"):
+        load_model(ckpt, readout=foreign, **views)
+    paths = pd.read_csv(run / "readout" / "predictions_test.csv")["path"].tolist()[:2]
+    scores, errors = load_model(ckpt, readout=foreign, readout_check=False, **views).score_files(paths)
+    assert not errors and np.isfinite(scores).all()
+    settings = dict(
+        device="cpu", precision="32-true", mode="crops", crops=2, crop_size=32, ckpt_path=str(ckpt)
+    )
+    with pytest.raises(ConfigError, match="readout: .*different runs"):
+        load_model_from_cfg(OmegaConf.create({**settings, "readout": str(foreign)}))
+    cfg = compose_cfg(
+        "eval",
+        [
+            *demo_data_overrides(demo_root),
+            "data.limit_items=33",
+            f"split.file={run / 'split.csv'}",
+            "eval_split=test",
+            f"ckpt_path={ckpt}",
+            f"readout={foreign}",
+            "trainer.accelerator=cpu",
+        ],
+    )
+    with pytest.raises(ConfigError, match="readout: .*different runs"):
+        evaluate(cfg)
+
+    with pytest.raises(ReadoutError, match="altered or damaged"):
+        ReadoutModel.load(_foreign_readout(own, tmp_path / "damaged.pt", keep_record=True))
+
+    old = torch.load(ckpt, weights_only=False)
+    del old["mfe_iqa"]["pretrained_dan"]
+    torch.save(old, tmp_path / "old.ckpt")
+    with caplog.at_level("WARNING", logger="mfe_iqa.inference"):
+        model = load_model(tmp_path / "old.ckpt", readout=own, **views)
+    assert "cannot check" in caplog.text and model.readout is not None
+    with pytest.raises(ReadoutError, match="has no DAN"):
+        ReadoutModel.load(own).check_pairing(torch.nn.Linear(2, 1))
 
 
 def test_a_foreign_file_is_not_a_readout(tmp_path):

@@ -143,8 +143,15 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
 
         try:
             readout = ReadoutModel.load(str(cfg.readout), weight=cfg.get("readout_weight"))
+            warning = (
+                readout.check_pairing(net, f"checkpoint '{ckpt_path}'", f"read-out '{cfg.readout}'")
+                if cfg.get("readout_check", True)
+                else None
+            )
         except ReadoutError as err:
             raise ConfigError(f"readout: {err}") from err
+        if warning:
+            log.warning(warning)
 
     names = [str(n) for n in (cfg.get("datasets") or [])]
     loaders, item_lists, labels = [], [], []

@@ -45,6 +45,7 @@ def load_model_from_cfg(cfg: DictConfig, ckpt_key: str = "ckpt_path"):
             channels_last=bool(cfg.get("channels_last", False)),
             readout=cfg.get("readout"),
             readout_weight=cfg.get("readout_weight"),
+            readout_check=bool(cfg.get("readout_check", True)),
         )
     except ReadoutError as err:
         raise ConfigError(f"readout: {err}") from err

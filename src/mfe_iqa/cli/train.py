@@ -167,21 +167,28 @@ def _maybe_pretrain_dan(cfg: DictConfig, datamodule) -> None:
             "pre-train its own DAN. Pre-train first (`mfe-iqa-pretrain ...`, it runs under DDP itself), then "
             "train with pretrain_dan.enabled=false model.dan.pretrained_ckpt=<its run dir>/dan.pt."
         )
+    dan_path = _pretrain_one_dan(cfg, datamodule, Path(cfg.paths.output_dir) / "dan_pretrain", int(cfg.seed))
+    with open_dict(cfg):
+        cfg.model.dan.pretrained_ckpt = str(dan_path)
+    log.info("DAN pre-trained: %s", dan_path)
+
+
+def _pretrain_one_dan(cfg: DictConfig, datamodule, out: Path, seed: int) -> Path:
+    """One DAN pre-training of ``pretrain_dan`` into ``out`` with ``seed``; returns its dan.pt (an existing one
+    is reused: a resumed run, ckpt_path=last/auto in the same run dir, has pre-trained already)."""
     from hydra import compose
 
     from mfe_iqa.cli.pretrain import DAN_FILE, run_pretraining
 
-    out = Path(cfg.paths.output_dir) / "dan_pretrain"
+    pre = cfg.get("pretrain_dan") or {}
     done = out / DAN_FILE
-    if done.is_file():  # a resumed run (ckpt_path=last/auto in the same run dir): pre-trained already
+    if done.is_file():
         log.info("DAN pre-training of this run dir already done: using %s", done)
-        with open_dict(cfg):
-            cfg.model.dan.pretrained_ckpt = str(done)
-        return
+        return done
     overrides = pretrain_overrides(pre)
     overrides += [
         f"paths.output_dir={out}",
-        f"seed={cfg.seed}",
+        f"seed={seed}",
         f"experiment_name={cfg.experiment_name}",
         f"model_backbone={OmegaConf.select(cfg, 'model.dan.backbone')}",
     ]
@@ -191,12 +198,32 @@ def _maybe_pretrain_dan(cfg: DictConfig, datamodule) -> None:
         with open_dict(pcfg):
             pcfg.pretrain_data.folders = []
             pcfg.pretrain_data.image_paths = paths
-        log.info("DAN pre-training on %d images of the training split only", len(paths))
+        log.info("DAN pre-training (seed %d) on %d images of the training split only", seed, len(paths))
     with kept_rng_state():  # the same initialization and data order as a run that loads this dan.pt
-        dan_path = run_pretraining(pcfg)
+        return Path(run_pretraining(pcfg))
+
+
+def _maybe_pretrain_extra_dans(cfg: DictConfig, datamodule, settings) -> None:
+    """``readout.extra_dans`` more DANs for the read-out, pre-trained like the model's (``pretrain_dan``, the same
+    training images) with seeds ``seed + 1``, ``seed + 2``, ... into ``<run>/dan_pretrain_2/``, ...; their dan.pt
+    files are appended to ``readout.extra_dan_ckpts``."""
+    if settings is None or not settings.extra_dans:
+        return
+    if not (cfg.get("pretrain_dan") or {}).get("enabled"):
+        raise ConfigError(
+            f"readout.extra_dans={settings.extra_dans} pre-trains DANs inside this job like the model's, which needs "
+            "pretrain_dan.enabled=true; give readout.extra_dan_ckpts=[<dan.pt>, ...] instead to read with "
+            "DANs pre-trained elsewhere"
+        )
+    out = Path(cfg.paths.output_dir)
+    paths = [
+        str(_pretrain_one_dan(cfg, datamodule, out / f"dan_pretrain_{k + 1}", int(cfg.seed) + k))
+        for k in range(1, settings.extra_dans + 1)
+    ]
+    settings.extra_dan_ckpts = [*settings.extra_dan_ckpts, *paths]
     with open_dict(cfg):
-        cfg.model.dan.pretrained_ckpt = str(dan_path)
-    log.info("DAN pre-trained: %s", dan_path)
+        cfg.readout.extra_dan_ckpts = list(settings.extra_dan_ckpts)
+    log.info("Extra DANs for the read-out: %s", ", ".join(paths))
 
 
 def _readout_settings(cfg: DictConfig):
@@ -247,7 +274,7 @@ def _run_readout(cfg: DictConfig, datamodule, system, name: str, settings) -> di
     readout_dm.setup("fit")
     job_items = {p: getattr(datamodule, f"{p}_items") for p in ("train", "val", "test")}
     return run_readout(
-        str(cfg.model.dan.pretrained_ckpt),
+        [str(cfg.model.dan.pretrained_ckpt), *settings.extra_dan_ckpts],
         readout_dm,
         job_items,
         rows,
@@ -349,6 +376,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     _maybe_pretrain_dan(cfg, datamodule)
     readout = _readout_settings(cfg)
+    _maybe_pretrain_extra_dans(cfg, datamodule, readout)
     if _is_rank_zero():  # DDP: the other ranks re-run this script; one copy of each file
         save_resolved_config(cfg, out)
 

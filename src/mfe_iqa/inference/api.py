@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from mfe_iqa.data.images import resize_short_side
 from mfe_iqa.inference.images import IN_MEMORY_KEY, float_tensor_views
 from mfe_iqa.inference.scoring import Scorer, ViewSpec, database_info, iter_file_scores, make_file_loader
 from mfe_iqa.systems.iqa import load_net_from_checkpoint
+
+log = logging.getLogger("mfe_iqa.inference")
 
 ImageLike = str | Path | torch.Tensor | np.ndarray | Image.Image
 
@@ -181,18 +184,25 @@ def load_model(
     channels_last: bool = False,
     readout: str | Path | None = None,
     readout_weight: float | None = None,
+    readout_check: bool = True,
 ) -> IQAModel:
     """An ``IQAModel`` rebuilt from an mfe-iqa training checkpoint alone (network config and weights).
 
     ``mode``/``crops``/``crop_size``/``crop_seed``/``short_side`` mean what ``data.test_mode``/``test_crops``/
     ``crop_size``/``crop_seed``/``short_side`` mean in evaluation; use the training run's values to score as it did.
     ``readout``: the job's ``<run>/readout/readout.pt`` (a read-out of its pre-trained DAN, ``readout.enabled``):
-    scores become its blend with the network, with the weight it was written with or ``readout_weight``.
+    scores become its blend with the network, with the weight it was written with or ``readout_weight``. It must
+    come from the checkpoint's own run (``ReadoutModel.check_pairing``: the same pre-trained DAN; a mismatch is a
+    ``ReadoutError``); ``readout_check=False`` blends any pair.
     """
     from mfe_iqa.readout import ReadoutModel
 
     net, database = load_net_from_checkpoint(ckpt_path, map_location="cpu")
     read = ReadoutModel.load(readout, weight=readout_weight) if readout else None
+    if read is not None and readout_check:
+        warning = read.check_pairing(net, f"checkpoint '{ckpt_path}'", f"read-out '{readout}'")
+        if warning:
+            log.warning(warning)
     return IQAModel(
         net,
         database=database,
