@@ -51,11 +51,13 @@ def test_experiment_composes(compose_cfg, model):
     has_dan = model in ("mfenet_tiny", "no_hfen")
     assert (getattr(net, "dan_stats", None) is not None) == has_dan
     assert cfg.system.stats_head_init == "auto"
-    # the whole-image read-out (log features, blend weight 0.8) where there is a pre-trained DAN to read
+    # the whole-image read-out (log features, blend weight 0.9) where there is a pre-trained DAN to read
     assert cfg.readout.enabled is has_dan
     assert (
-        cfg.readout.weight == 0.8 and cfg.readout.transform == "log" and cfg.readout.data.short_side is None
+        cfg.readout.weight == 0.9 and cfg.readout.transform == "log" and cfg.readout.data.short_side is None
     )
+    # a second DAN for the read-out, pre-trained only where the read-out runs (the models with a DAN)
+    assert cfg.readout.extra_dans == 1 and list(cfg.readout.extra_dan_ckpts) == []
 
 
 def test_budget_cosine_schedule_follows_the_clock():
@@ -139,6 +141,10 @@ def test_fast_dev_run_on_the_sample_pretrains_on_training_images_only(tmp_path):
     assert seen, "the pre-training wrote no image list"
     assert not seen & (parts["val"] | parts["test"]), "DAN pre-training saw a validation or test image"
     assert seen == parts["train"]  # every training image, held-out k-NN images included, and nothing else
+    # the read-out's extra DAN (readout.extra_dans: 1) is pre-trained the same way, on the same images only
+    extra = {Path(row["path"]).name for row in _read_csv(run / "dan_pretrain_2" / "pretrain_images.csv")}
+    assert extra == parts["train"], "the read-out's extra DAN saw other images than the training split's"
+    assert (run / "dan_pretrain_2" / "dan.pt").is_file()
     roles: dict[str, set[str]] = {}
     for row in used:
         roles.setdefault(row["role"], set()).add(Path(row["path"]).name)
