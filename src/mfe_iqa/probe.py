@@ -125,7 +125,7 @@ def extract_features(
     ``full``). Every index in 0..num_items-1 must come exactly once: a missing or repeated item is an error,
     never a silently shorter matrix.
     """
-    return _item_rows(
+    return item_rows(
         backbone,
         loader,
         num_items,
@@ -134,7 +134,7 @@ def extract_features(
     )
 
 
-def _item_rows(
+def item_rows(
     module: torch.nn.Module,
     loader: Iterable[Mapping[str, torch.Tensor]],
     num_items: int,
@@ -394,7 +394,7 @@ def crop_statistics(
         sums["sum"] = sums["sum"] + feats.sum(0)
         sums["sum_sq"] = sums["sum_sq"] + (feats * feats).sum(0)
 
-    rows = _item_rows(
+    rows = item_rows(
         dan, loader, num_items, lambda x: stage_statistics(dan(x)[0]), "crop statistics", device, accumulate
     )
     mean = (sums["sum"] / sums["n"]).numpy()

@@ -14,8 +14,8 @@ training split (``model.dan.pretrained_ckpt``). With ``readout.extra_dans`` (or 
 pre-trained the same way with other seeds, read the same images; each gets its own ridge (its own alpha) and the
 read-out is the mean of their predictions. Written under ``<run>/readout/``: ``predictions_test.csv``
 (path, mos, network, readout, blend per test image), ``alpha_curve.csv``, ``summary.json`` and ``readout.pt``:
-the fitted read-out as a model (:class:`ReadoutModel`: the DAN's weights, its views, the feature settings, the
-ridge and the blend weight), which ``load_model(ckpt, readout=...)`` and ``mfe-iqa-predict readout=...`` use to
+the fitted read-out as a model (:class:`ReadoutModel`: the DANs' weights, its views, the feature settings, one
+ridge per DAN and the blend weight), which ``load_model(ckpt, readout=...)`` and ``mfe-iqa-predict readout=...`` use to
 score new images the way the job's blend scored its test images.
 """
 
@@ -416,7 +416,7 @@ def run_readout(
     from mfe_iqa.models.dan import DistortionAwareNetwork, load_dan_file
     from mfe_iqa.probe import (
         DEFAULT_ALPHAS,
-        _item_rows,
+        item_rows,
         predict_ridge,
         probe_split,
         score_metrics,
@@ -468,7 +468,7 @@ def run_readout(
     loader = readout_dm.eval_dataloader(items)
     batches = ({k: v.to(device) if k == "image" else v for k, v in b.items()} for b in loader)
     with torch.no_grad():
-        features = _item_rows(
+        features = item_rows(
             dan,
             batches,
             len(items),
