@@ -364,7 +364,6 @@ def _foreign_readout(src, dst, keep_record=False):
     sd[name] = sd[name].clone()
     sd[name].view(-1)[0] += 0.5
     if not keep_record:
-        obj["info"]["dan_fingerprint"] = dan_fingerprint(sd)
         obj["info"]["dan_fingerprints"] = [dan_fingerprint(d["state_dict"]) for d in obj["dans"]]
     torch.save(obj, dst)
     return dst

@@ -305,11 +305,7 @@ class ReadoutModel:
                 "log_eps": self.log_eps,
                 "ridges": [asdict(r) for r in self.ridges],  # per DAN: mean, scale, weights, intercept, alpha
                 "weight": self.weight,
-                "info": {
-                    **self.info,
-                    "dan_fingerprint": self.fingerprint,
-                    "dan_fingerprints": self.fingerprints,
-                },
+                "info": {**self.info, "dan_fingerprints": self.fingerprints},
             },
             path,
         )
@@ -354,9 +350,7 @@ class ReadoutModel:
             w,
             obj.get("info"),
         )
-        stored = model.info.get("dan_fingerprints") or (
-            [model.info["dan_fingerprint"]] if model.info.get("dan_fingerprint") else None
-        )
+        stored = model.info.get("dan_fingerprints")  # absent in files written before it was recorded
         if stored is not None and list(stored) != model.fingerprints:
             raise ReadoutError(
                 f"'{path}': its DAN weights do not give the fingerprints it was written with ({list(stored)}, now "
@@ -409,7 +403,7 @@ def run_readout(
     it with ``network_test`` (the job's test predictions) and write ``out``'s files. ``job_items``: the job's
     own train/val/test items, which ``readout_dm``'s must repeat path for path. ``dan_ckpt``: the model's
     pre-trained DAN (``model.dan.pretrained_ckpt``), or a list of ``dan.pt`` files beginning with it (the extra
-    DANs of ``readout.extra_dans``): their features are concatenated. Returns the summary."""
+    DANs of ``readout.extra_dans``): each gets its own ridge and the read-out is their mean. Returns the summary."""
     import pandas as pd
 
     from mfe_iqa.inference.scoring import ViewSpec
